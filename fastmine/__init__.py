@@ -1,0 +1,1 @@
+"""fastmine: mine and reprogram frozen pretrained GAN generators."""

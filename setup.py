@@ -1,0 +1,34 @@
+from setuptools import find_packages, setup
+
+# The top-level kernels/ folder installs as `fastmine_kernels`: a bare `kernels` import
+# name is taken on PyPI (Hugging Face's kernel hub) and would shadow or be shadowed.
+setup(
+    name="fastmine",
+    version="0.1.0",
+    description="Mine and reprogram frozen pretrained GAN generators for small target domains",
+    python_requires=">=3.10",
+    packages=find_packages(include=["fastmine", "fastmine.*"]) + ["fastmine_kernels"],
+    package_dir={"fastmine_kernels": "kernels"},
+    package_data={"fastmine": ["configs/*.yaml", "metrics/weights/*"]},
+    install_requires=[
+        # a range real GPU users satisfy; CPU machines pin torch==2.13.0 in README/.ci/run
+        "torch>=2.4,<2.15",
+        "accelerate>=1.0",
+        "safetensors>=0.4",
+        "numpy>=1.24",
+        "pyyaml>=6",
+        "tqdm>=4.60",
+        "pillow>=9",
+        "scikit-learn>=1.2",
+        "scipy>=1.10",
+        "torchmetrics>=1.4",
+        "matplotlib>=3.7",
+    ],
+    extras_require={
+        # triton ships with CUDA torch builds; CPU installs take it for the interpreter tests
+        "triton": ["triton>=3.1"],
+        "test": ["pytest>=7", "triton>=3.1"],
+        "deepspeed": ["deepspeed>=0.15"],
+    },
+    entry_points={"console_scripts": ["fastmine=fastmine.cli:main"]},
+)
