@@ -1,0 +1,326 @@
+"""The one trainer: n_critic critic steps with a gradient penalty, one sampler step.
+
+It does not know which method it runs: a method hands it a sampler S(u), a critic, and
+which parameters train from which step (``ParamGroup``). Built on Accelerate for device
+placement and process groups; with several processes each rank draws its own batch from
+a rank-derived random stream and gradients are averaged as one flat all-reduce per
+optimizer step (the stylegan3 way: DDP's hooks do not cover ``autograd.grad`` double
+backward, DESIGN.md §7).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .data import DeviceSampler
+from .images import save_grid
+from .losses import check_critic_for_penalty, critic_loss, gradient_penalty, sampler_loss
+from .models import atomic_save_safetensors
+
+TERMS = ("loss_critic", "loss_sampler", "penalty", "wasserstein", "grad_norm")
+
+
+class NonFiniteLossError(FloatingPointError):
+    pass
+
+
+@dataclass
+class ParamGroup:
+    """Parameters of the sampler that train from ``start_step`` on (and are frozen before).
+
+    ``module.freeze(bool)`` is called at the switch when the module has it (a generator
+    adapter: batch-norm statistics start moving only when the generator trains).
+    """
+
+    name: str
+    module: nn.Module
+    start_step: int = 0
+    lr: float | None = None
+
+    def params(self):
+        return list(self.module.parameters())
+
+    def activate(self, active: bool):
+        if hasattr(self.module, "freeze"):
+            self.module.freeze(not active)
+        else:
+            self.module.requires_grad_(active)
+
+
+@dataclass
+class TrainState:
+    step: int = 0
+    stats: dict = field(default_factory=dict)
+
+
+class Trainer:
+    def __init__(self, sampler, critic, data: torch.Tensor, cfg, groups, critic_params=None,
+                 run_dir=None, seed=0, device="cpu", accelerator=None, callbacks=()):
+        self.cfg = cfg
+        self.accelerator = accelerator
+        self.rank = accelerator.process_index if accelerator else 0
+        self.world = accelerator.num_processes if accelerator else 1
+        self.device = torch.device(device)
+        self.sampler = sampler.to(self.device)
+        self.critic = critic.to(self.device)
+        if cfg.gp_weight and cfg.gp_weight > 0:
+            check_critic_for_penalty(self.critic)
+        self.data = DeviceSampler(data, self.device)
+        self.groups = list(groups)
+        self.critic_params = [p for p in (critic_params if critic_params is not None else critic.parameters())]
+        if not self.critic_params:
+            raise ValueError("the critic has no trainable parameters")
+        trainable = {id(p) for p in self.critic_params}
+        for p in self.critic.parameters():
+            p.requires_grad_(id(p) in trainable)
+        self.run_dir = Path(run_dir) if run_dir else None
+        self.callbacks = list(callbacks)
+        self.seed = seed
+        # one random stream per rank, on the training device: seeds, batches and ε all come
+        # from it, so a resumed run replays exactly what an uninterrupted one would draw
+        self.rng = torch.Generator(self.device).manual_seed(seed * 1_000_003 + self.rank)
+        self.grid_seeds = sampler.draw_seeds(cfg.grid_size, torch.Generator(self.device).manual_seed(seed + 12345), self.device)
+        # lazy regularisation (StyleGAN2 §B): the penalty every k-th critic step, scaled by k,
+        # with Adam's lr and betas adjusted so the overall step size is unchanged
+        k = max(1, cfg.gp_every)
+        c = k / (k + 1) if k > 1 else 1.0
+        betas = tuple(b**c for b in cfg.betas)
+        self.opt_critic = torch.optim.Adam(self.critic_params, lr=cfg.critic_lr * c, betas=betas)
+        self.opt_sampler = torch.optim.Adam(
+            [{"params": g.params(), "lr": g.lr or cfg.lr} for g in self.groups], lr=cfg.lr, betas=tuple(cfg.betas))
+        self.state = TrainState()
+        self._reset_stats()
+        self._active = None
+
+    # ------------------------------------------------------------------ helpers
+    @property
+    def is_main(self):
+        return self.rank == 0
+
+    def _reset_stats(self):
+        z = lambda: torch.zeros((), device=self.device)
+        self.state.stats = {t: z() for t in TERMS} | {"n_critic": z(), "n_sampler": z(), "n_penalty": z()}
+        # first step at which each term was NaN/Inf (-1: never); checked without a host sync
+        self.state.stats["first_bad"] = torch.full((len(TERMS),), -1, dtype=torch.long, device=self.device)
+
+    def _track(self, term, value, step):
+        v = value.detach()
+        self.state.stats[term] += v
+        i = TERMS.index(term)
+        bad = self.state.stats["first_bad"]
+        bad[i] = torch.where((bad[i] < 0) & ~torch.isfinite(v), torch.tensor(step, device=self.device), bad[i])
+
+    def _check_finite(self):
+        bad = self.state.stats["first_bad"].tolist()
+        for term, step in zip(TERMS, bad):
+            if step >= 0:
+                raise NonFiniteLossError(
+                    f"{term} became NaN/Inf at step {step}; stopped without writing a checkpoint after it. "
+                    "Lower the learning rates, check the data range ([-1, 1]) or raise train.gp_weight; "
+                    "resume from the last good checkpoint with --resume."
+                )
+
+    def _set_phase(self, step):
+        active = tuple(step >= g.start_step for g in self.groups)
+        if active != self._active:
+            for g, a in zip(self.groups, active):
+                g.activate(a)
+            self._active = active
+
+    def _sync_grads(self, params):
+        if self.world == 1:
+            return
+        grads = [p.grad for p in params if p.grad is not None]
+        if not grads:
+            return
+        flat = torch.cat([g.flatten() for g in grads])
+        torch.distributed.all_reduce(flat)
+        flat /= self.world
+        torch.nn.utils.vector_to_parameters(flat, grads)  # writes the averages back into the .grad tensors
+
+    # ------------------------------------------------------------------ steps
+    def critic_step(self, step, critic_iter):
+        cfg = self.cfg
+        B = cfg.batch_size
+        real = self.data.batch(B, self.rng)
+        with torch.no_grad():
+            fake = self.sampler(self.sampler.draw_seeds(B, self.rng, self.device))
+        scores = self.critic(torch.cat([real, fake]))  # one pass: no batch norm, so rows are independent
+        d_real, d_fake = scores[:B], scores[B:]
+        loss = critic_loss(d_fake, d_real)
+        self._track("wasserstein", d_real.mean() - d_fake.mean(), step)
+        if cfg.gp_weight > 0 and critic_iter % max(1, cfg.gp_every) == 0:
+            eps = torch.rand(B, generator=self.rng, device=self.device)
+            penalty, grad_norm = gradient_penalty(
+                self.critic, real, fake, weight=cfg.gp_weight * max(1, cfg.gp_every), center=cfg.gp_center,
+                one_sided=cfg.gp_one_sided, eps=eps, impl=cfg.impl)
+            loss = loss + penalty
+            self._track("penalty", penalty, step)
+            self._track("grad_norm", grad_norm, step)
+            self.state.stats["n_penalty"] += 1
+        self._track("loss_critic", loss, step)
+        self.state.stats["n_critic"] += 1
+        self.opt_critic.zero_grad(set_to_none=True)
+        loss.backward()
+        self._sync_grads(self.critic_params)
+        self.opt_critic.step()
+
+    def sampler_step(self, step):
+        B = self.cfg.batch_size
+        for p in self.critic_params:
+            p.requires_grad_(False)  # no critic gradients are needed for the sampler's loss
+        try:
+            fake = self.sampler(self.sampler.draw_seeds(B, self.rng, self.device))
+            loss = sampler_loss(self.critic(fake))
+            self.opt_sampler.zero_grad(set_to_none=True)
+            loss.backward()
+        finally:
+            for p in self.critic_params:
+                p.requires_grad_(True)
+        self._sync_grads([p for g in self.groups for p in g.params()])
+        self.opt_sampler.step()
+        self._track("loss_sampler", loss, step)
+        self.state.stats["n_sampler"] += 1
+
+    # ------------------------------------------------------------------ loop
+    def fit(self, resume: bool = False):
+        cfg = self.cfg
+        if resume:
+            self.load_checkpoint()
+        self.sampler.train()
+        self.critic.train()
+        start = self.state.step
+        progress = None
+        if cfg.progress and self.is_main:
+            from tqdm.auto import tqdm
+
+            progress = tqdm(total=cfg.steps, initial=start, desc=self.run_dir.name if self.run_dir else "train",
+                            unit="step", dynamic_ncols=True)
+        t0 = time.perf_counter()
+        last = {}
+        for step in range(start, cfg.steps):
+            self._set_phase(step)
+            for i in range(cfg.n_critic):
+                self.critic_step(step, step * cfg.n_critic + i)
+            self.sampler_step(step)
+            self.state.step = step + 1
+            done = self.state.step
+            if done % cfg.log_every == 0 or done == cfg.steps:
+                last = self._log(done, time.perf_counter() - t0)
+                if progress:
+                    progress.set_postfix(W=f"{last['wasserstein']:.3f}", gp=f"{last['penalty']:.3f}")
+            if self.run_dir and self.is_main and (done % cfg.sample_every == 0 or done == cfg.steps):
+                self.save_samples(done)
+            if self.run_dir and (done % cfg.checkpoint_every == 0 or done == cfg.steps):
+                self.save_checkpoint()
+            if progress:
+                progress.update(1)
+        if progress:
+            progress.close()
+        return last
+
+    def _log(self, step, elapsed):
+        s = self.state.stats
+        self._check_finite()
+        nc, ns, npen = (max(1.0, s[k].item()) for k in ("n_critic", "n_sampler", "n_penalty"))
+        row = {"step": step, "loss_critic": s["loss_critic"].item() / nc, "loss_sampler": s["loss_sampler"].item() / ns,
+               "penalty": s["penalty"].item() / npen, "wasserstein": s["wasserstein"].item() / nc,
+               "grad_norm": s["grad_norm"].item() / npen, "elapsed_s": round(elapsed, 3)}
+        for cb in self.callbacks:
+            row.update(cb(self, step) or {})
+        self._reset_stats()
+        if self.run_dir and self.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            with open(self.run_dir / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(row) + "\n")
+        return row
+
+    def save_samples(self, step):
+        was = self.sampler.training
+        self.sampler.eval()
+        with torch.no_grad():
+            images = self.sampler(self.grid_seeds)
+        self.sampler.train(was)
+        real = self.data.data[:512] if images.ndim == 2 else None
+        return save_grid(images, self.run_dir / "samples" / f"step_{step:07d}.png", real=real)
+
+    # ------------------------------------------------------------------ checkpoints
+    @property
+    def ckpt_dir(self):
+        return self.run_dir / "checkpoints"
+
+    def save_checkpoint(self):
+        """weights (safetensors) + optimizer/RNG state (weights-only .pt), then latest.json.
+
+        Each file is written under a temporary name and renamed; latest.json moves last, so a
+        kill at any moment leaves it pointing at a complete checkpoint."""
+        self._check_finite()  # never save weights that went through a NaN step
+        if not self.is_main:
+            return
+        step = self.state.step
+        d = self.ckpt_dir
+        d.mkdir(parents=True, exist_ok=True)
+        tensors = {f"sampler.{k}": v for k, v in self.sampler.state_dict().items()}
+        tensors |= {f"critic.{k}": v for k, v in self.critic.state_dict().items()}
+        atomic_save_safetensors(tensors, d / f"ckpt-{step:07d}.safetensors", {"step": str(step)})
+        state = {"step": step, "opt_critic": self.opt_critic.state_dict(), "opt_sampler": self.opt_sampler.state_dict(),
+                 "rng": self.rng.get_state(), "torch_rng": torch.get_rng_state(),
+                 "stats": {k: v.cpu() for k, v in self.state.stats.items()}}
+        _atomic_torch_save(state, d / f"ckpt-{step:07d}.state.pt")
+        _atomic_write_text(d / "latest.json", json.dumps({"step": step}))
+        kept = sorted(d.glob("ckpt-*.safetensors"))
+        for old in kept[: -max(1, self.cfg.keep_checkpoints)]:
+            old.unlink(missing_ok=True)
+            old.with_name(old.name.replace(".safetensors", ".state.pt")).unlink(missing_ok=True)
+
+    def load_checkpoint(self):
+        from .models import read_file
+
+        latest = self.ckpt_dir / "latest.json" if self.run_dir else None
+        if latest is None or not latest.is_file():
+            raise FileNotFoundError(f"no checkpoint to resume from in {str(self.ckpt_dir)!r} (latest.json missing)")
+        step = json.loads(latest.read_text())["step"]
+        tensors, _ = read_file(self.ckpt_dir / f"ckpt-{step:07d}.safetensors")
+        state_path = self.ckpt_dir / f"ckpt-{step:07d}.state.pt"
+        if not state_path.is_file():
+            raise FileNotFoundError(f"checkpoint state {str(state_path)!r} is missing; the checkpoint is incomplete")
+        state = torch.load(state_path, map_location="cpu", weights_only=True)
+        self.sampler.load_state_dict({k[8:]: v for k, v in tensors.items() if k.startswith("sampler.")})
+        self.critic.load_state_dict({k[7:]: v for k, v in tensors.items() if k.startswith("critic.")})
+        self._set_phase(step)  # the parameters that train at this step must be the optimizer's
+        self.opt_critic.load_state_dict(state["opt_critic"])
+        self.opt_sampler.load_state_dict(state["opt_sampler"])
+        self.rng.set_state(state["rng"])
+        torch.set_rng_state(state["torch_rng"])
+        self.state.step = step
+        self.state.stats = {k: v.to(self.device) for k, v in state["stats"].items()}
+        if self.run_dir and self.is_main:
+            _truncate_metrics(self.run_dir / "metrics.jsonl", step)
+        return step
+
+
+def _atomic_torch_save(obj, path):
+    tmp = Path(path).with_name(f".{Path(path).name}.tmp-{os.getpid()}")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _atomic_write_text(path, text):
+    tmp = Path(path).with_name(f".{Path(path).name}.tmp-{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _truncate_metrics(path, step):
+    """Drop lines logged after the checkpoint we resume from (they will be logged again)."""
+    if not path.is_file():
+        return
+    keep = [l for l in path.read_text().splitlines() if l.strip() and json.loads(l)["step"] <= step]
+    _atomic_write_text(path, "".join(l + "\n" for l in keep))
