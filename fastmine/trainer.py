@@ -80,6 +80,8 @@ class Trainer:
         trainable = {id(p) for p in self.critic_params}
         for p in self.critic.parameters():
             p.requires_grad_(id(p) in trainable)
+        if hasattr(self.sampler, "bind_critic"):  # samplers that select with the critic (multi-generator)
+            self.sampler.bind_critic(self.critic)
         self.run_dir = Path(run_dir) if run_dir else None
         self.callbacks = list(callbacks)
         self.seed = seed
