@@ -11,3 +11,19 @@ except Exception:  # pragma: no cover - torch missing is a broken install, let p
 if not _has_cuda:
     os.environ.setdefault("TRITON_INTERPRET", "1")
 os.environ.setdefault("TQDM_DISABLE", "1")
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def digits_source(tmp_path_factory):
+    """A small WGAN-GP source trained on digits 0-8 at 8 px, shared by the tests that mine it."""
+    import fastmine as fm
+    from fastmine.config import ModelConfig
+
+    run_dir = tmp_path_factory.mktemp("source") / "run"
+    data = fm.load_digits(labels=range(9), size=8)
+    result = fm.train(None, data, method="scratch", steps=400, lr=2e-4, critic_lr=2e-4, betas=[0.5, 0.9],
+                      run_dir=run_dir, progress=False, checkpoint_every=10_000, sample_every=10_000,
+                      model_cfg=ModelConfig(latent_dim=32, width=32))
+    return result.model_path
