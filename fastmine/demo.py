@@ -1,7 +1,11 @@
-"""``fastmine demo``: the single-generator story on the built-in digits, offline.
+"""``fastmine demo``: the single-generator comparison on the built-in digits, offline.
 
 Pretrain a WGAN-GP source on digits 0-8 (cached by its settings, so a second run reuses
-it), then mine it for 100 images of digit 9 (the MineGAN++ off-manifold MNIST setting).
+it), take 100 images of digit 9 at 16 px as the target (the MineGAN++ off-manifold MNIST
+setting), and train from scratch, TransferGAN, FreezeD, MineGAN w/o FT, MineGAN and GAN
+reprogramming with the same budget of generator updates. Every run logs FID / KMMD /
+target share every ``eval_every`` steps (``fastmine.evaluation.fid_callback``); at the end
+each is scored with the paper's protocol and ``OUT/report.md`` compares them.
 """
 from __future__ import annotations
 
@@ -9,10 +13,39 @@ import hashlib
 import json
 import os
 import shutil
+import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from .cli import COMMAND_DEFAULTS
 from .config import load_config
+
+# the order of Table 1 (baselines first)
+DEMO_METHODS = ("scratch", "transfergan", "freezed", "minegan_noft", "minegan", "reprogram")
+LABELS = {"scratch": "from scratch", "transfergan": "TransferGAN", "freezed": "FreezeD",
+          "minegan_noft": "MineGAN w/o FT", "minegan": "MineGAN", "reprogram": "GAN reprogramming"}
+COMMAND_OF = {"scratch": "baseline", "transfergan": "baseline", "freezed": "baseline", "minegan_noft": "mine",
+              "minegan": "mine", "reprogram": "reprogram"}
+TARGET_CLASS = 9
+SOURCE_SEED = 0  # one fixed pretrained source; the seeds vary the adaptation runs
+
+
+@dataclass
+class DemoSettings:
+    source_steps: int      # source WGAN-GP pretraining (cached)
+    steps: int             # generator updates per method (the shared budget)
+    eval_every: int        # logged FID every k steps
+    eval_n: int            # samples per logged FID
+    log_every: int
+    repeats: int           # final evaluation: sample draws averaged (paper protocol each)
+
+
+# Measured CPU time (one torch thread): ~0.2 s per generator update with n_critic=5 at
+# 16 px, ~65 s per 300-update run incl. the logged evaluations, so the six methods are
+# ~6.5 min of one core (~3.5 min with --jobs 2 on an idle 2-core machine) and the
+# 800-update source ~3 min once (then cached). Wall times on a shared machine are longer.
+FULL = DemoSettings(source_steps=800, steps=300, eval_every=50, eval_n=500, log_every=25, repeats=5)
+QUICK = DemoSettings(source_steps=40, steps=16, eval_every=8, eval_n=200, log_every=8, repeats=2)
 
 
 def cache_dir() -> Path:
@@ -25,12 +58,11 @@ def pretrained_source(steps: int, seed: int = 0, overrides=()) -> Path:
 
     over = [f"train.steps={steps}", f"seed={seed}", *overrides]
     cfg = load_config(None, over, defaults=COMMAND_DEFAULTS["pretrain"])
-    key = hashlib.sha256(json.dumps(over + [repr(cfg)], sort_keys=True).encode()).hexdigest()[:12]
-    final = cache_dir() / "sources" / f"digits0-8-{key}.safetensors"
+    final = _source_path(over)
     if final.is_file():
         print(f"using the cached source generator {final}")
         return final
-    work = cache_dir() / "sources" / f"run-{key}"
+    work = final.with_name(final.stem.replace("digits0-8-", "run-"))
     shutil.rmtree(work, ignore_errors=True)  # a half-finished earlier attempt
     cfg.out_dir, cfg.name = str(work.parent), work.name
     print(f"pretraining the source WGAN-GP on digits 0-8 ({steps} steps); cached for next time at {final}")
@@ -40,17 +72,196 @@ def pretrained_source(steps: int, seed: int = 0, overrides=()) -> Path:
     return final
 
 
-def run_demo(out="runs/demo", quick=False, seed=0):
-    from .api import run_config
+def run_demo(out="runs/demo", quick=False, seed=0, seeds=1, methods=DEMO_METHODS, threads=1, steps=None,
+             source_steps=None, overrides=(), jobs=1):
+    """Run the comparison and write ``OUT/report.md``; returns {"report", "results", ...}.
 
+    ``threads``: torch CPU threads. One is the default: these networks are tiny, and on a
+    2-core machine shared with other work two threads ran 3-6x *slower* per step
+    (measured), as the threads wait on each other. ``overrides``: extra ``key=value``
+    settings applied to every method's run (e.g. ``miner.init=normal``). ``jobs``: runs
+    trained in parallel processes (each with ``threads`` threads); results are identical.
+    """
+    import torch
+
+    from .images import save_grid
+    from .models import load_sampler
+
+    if threads:
+        torch.set_num_threads(int(threads))
+    unknown = [m for m in methods if m not in DEMO_METHODS]
+    if unknown:
+        raise ValueError(f"unknown demo method(s) {unknown}; choose from {', '.join(DEMO_METHODS)}")
+    s = QUICK if quick else FULL
+    s = DemoSettings(**{**asdict(s), **({"steps": steps} if steps else {}),
+                        **({"source_steps": source_steps} if source_steps else {})})
     out = Path(out)
-    source = pretrained_source(steps=150 if quick else 2000, seed=seed)
-    over = [f"source.generator={source}", f"out_dir={out}", "name=minegan_noft", f"seed={seed}",
-            f"train.steps={40 if quick else 400}"]
-    if (out / "minegan_noft").exists():
-        shutil.rmtree(out / "minegan_noft")  # the demo re-runs from its cached source each time
-    cfg = load_config(None, over, defaults=COMMAND_DEFAULTS["mine"])
-    result = run_config(cfg)
-    grids = sorted((result.run_dir / "samples").glob("*.png"))
-    print(f"mined generator: {result.model_path}\nsample grids: {grids[-1] if grids else 'none'}")
-    return result
+    load_start, t_start = _loadavg(), time.perf_counter()
+
+    t0 = time.perf_counter()
+    cached = _cached_source_exists(s.source_steps)
+    source = pretrained_source(steps=s.source_steps, seed=SOURCE_SEED)
+    source_s = time.perf_counter() - t0
+    # the source itself, before any adaptation: where every method starts from
+    source_scores = score_model(load_sampler(source), s.repeats, _scorers())
+
+    seed_list = list(range(seed, seed + seeds))
+    tasks = [dict(method=m, run_seed=rs, source=str(source), out=str(out), settings=asdict(s), overrides=list(overrides),
+                  save_samples=rs == seed_list[0], threads=threads) for rs in seed_list for m in methods]
+    results = {m: [] for m in methods}
+    if jobs > 1:
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor
+
+        # spawn, not fork: a forked child inherits torch's thread pools in an unsafe state
+        with ProcessPoolExecutor(min(jobs, len(tasks)), mp_context=mp.get_context("spawn")) as pool:
+            done = list(pool.map(_run_one, tasks))
+    else:
+        done = [_run_one(t) for t in tasks]
+    for r in done:
+        results[r["method"]].append(r)
+    save_grid(load_sampler(source).sample(64, seed=0), out / "samples_source.png")
+    timing = {"total_s": time.perf_counter() - t_start, "source_s": source_s, "source_cached": cached,
+              "load_start": load_start, "load_end": _loadavg(), "jobs": jobs}
+    from .report import write_demo_report
+
+    report = write_demo_report(out, results, source_scores, settings=s, seeds=seed_list, timing=timing,
+                               source=source, overrides=list(overrides), labels=LABELS)
+    print(f"wrote {report}")
+    return {"report": report, "results": results, "source_metrics": source_scores["metrics"], "timing": timing}
+
+
+def report_from_runs(out="runs/demo", quick=False, overrides=()):
+    """Rewrite OUT/report.md from the run folders on disk (finished runs only: those with a
+    model.safetensors), re-scoring runs that have no eval.json. For a comparison that was
+    stopped part-way, or to re-score with a changed evaluation."""
+    from .config import load_config as _load
+    from .evaluation import logged_curve, read_metrics
+    from .models import load_sampler
+    from .report import write_demo_report
+
+    s = QUICK if quick else FULL
+    out = Path(out)
+    scorers = None
+    results, seeds = {m: [] for m in DEMO_METHODS}, set()
+    for run_dir in sorted(out.glob("seed*/*")):
+        if run_dir.name not in results or not (run_dir / "model.safetensors").is_file():
+            continue
+        cfg = _load(run_dir / "config.yaml")
+        ev = run_dir / "eval.json"
+        if ev.is_file() and "heldout" in json.loads(ev.read_text()):
+            scores = json.loads(ev.read_text())
+        else:
+            scorers = scorers or _scorers()
+            scores = score_model(load_sampler(run_dir / "model.safetensors"), s.repeats, scorers)
+            ev.write_text(json.dumps(scores))
+        rows = read_metrics(run_dir)
+        s = DemoSettings(**{**asdict(s), "steps": cfg.train.steps})
+        results[run_dir.name].append({"seed": cfg.seed, "metrics": scores["metrics"], "heldout": scores["heldout"],
+                                      "curve": logged_curve(run_dir), "config": cfg,
+                                      "train_s": rows[-1]["elapsed_s"] if rows else float("nan"), "run_dir": run_dir})
+        seeds.add(cfg.seed)
+    results = {m: sorted(r, key=lambda x: x["seed"]) for m, r in results.items() if r}
+    source = Path(str(next(iter(results.values()))[0]["config"].source.generator))
+    source_scores = score_model(load_sampler(source), s.repeats, scorers or _scorers())
+    timing = {"total_s": float("nan"), "source_s": float("nan"), "source_cached": True, "load_start": None,
+              "load_end": _loadavg(), "jobs": "?"}
+    return write_demo_report(out, results, source_scores, settings=s, seeds=sorted(seeds), timing=timing,
+                             source=source, overrides=list(overrides), labels=LABELS)
+
+
+def heldout_target():
+    """The digit-9 images of scikit-learn's digits that are *not* in the 100-image target set
+    (80 of 180). FID against the training images rewards memorising them; these do not."""
+    import torch
+
+    from .config import DataConfig
+    from .data import load_data
+
+    cfg = DataConfig(**COMMAND_DEFAULTS["mine"]["data"])
+    target = load_data(cfg)
+    every = load_data(DataConfig(**{**COMMAND_DEFAULTS["mine"]["data"], "limit": None}))
+    in_target = (every.flatten(1)[:, None, :] == target.flatten(1)[None, :, :]).all(-1).any(1)
+    return every[~in_target]
+
+
+def score_model(sampler, repeats, scorers) -> dict:
+    """{"metrics": paper protocol vs the target set, "heldout": the same vs the held-out 9s}."""
+    from .evaluation import evaluate_sampler
+
+    return {name: evaluate_sampler(sampler, None, repeats=repeats, seed=0, scorer=sc) for name, sc in scorers.items()}
+
+
+def _scorers():
+    from .config import DataConfig
+    from .data import load_data
+    from .evaluation import _Scorer
+
+    target = load_data(DataConfig(**COMMAND_DEFAULTS["mine"]["data"]))
+    return {"metrics": _Scorer(target, "digits", target_class=TARGET_CLASS),
+            "heldout": _Scorer(heldout_target(), "digits", target_class=TARGET_CLASS)}
+
+
+def _run_one(task: dict) -> dict:
+    """Train one (method, seed) run with logged FID, score it, write its report.md."""
+    import torch
+
+    from .api import run_config
+    from .config import DataConfig
+    from .data import load_data
+    from .evaluation import fid_callback, logged_curve
+    from .images import save_grid
+    from .report import write_run_report
+
+    if task["threads"]:
+        torch.set_num_threads(int(task["threads"]))
+    s = DemoSettings(**task["settings"])
+    method, run_seed, out = task["method"], task["run_seed"], Path(task["out"])
+    target = load_data(DataConfig(**COMMAND_DEFAULTS["mine"]["data"]))
+    run_dir = out / f"seed{run_seed}" / method
+    if run_dir.exists():
+        shutil.rmtree(run_dir)  # the demo re-runs from its cached source each time
+    over = [f"source.generator={task['source']}", f"method={method}", f"seed={run_seed}",
+            f"out_dir={run_dir.parent}", f"name={method}", f"train.steps={s.steps}",
+            f"train.log_every={s.log_every}", f"train.sample_every={s.steps}",
+            f"train.checkpoint_every={s.steps}", "train.keep_checkpoints=1", "device=cpu", *task["overrides"]]
+    cfg = load_config(None, over, defaults=COMMAND_DEFAULTS[COMMAND_OF[method]])
+    t0 = time.perf_counter()
+    result = run_config(cfg, callbacks=[fid_callback(target, every=s.eval_every, n=s.eval_n, target_class=TARGET_CLASS)])
+    train_s = time.perf_counter() - t0
+    scores = score_model(result.sampler, s.repeats, _scorers())
+    metrics = scores["metrics"]
+    (run_dir / "eval.json").write_text(json.dumps({**scores, "train_s": train_s}))
+    curve = logged_curve(run_dir)
+    write_run_report(run_dir, {"metrics": metrics, "curve": curve, "method": method, "steps": s.steps,
+                               "curve_source": "logged evaluations in metrics.jsonl", "target_class": TARGET_CLASS})
+    if task["save_samples"]:
+        save_grid(result.sampler.sample(64, seed=0), out / f"samples_{method}.png")
+    print(f"[demo] seed {run_seed} {LABELS[method]:<18} FID {metrics['fid']:7.2f}  "
+          f"target share {metrics['target_share']:.2f}  ({train_s:.0f} s)", flush=True)
+    return {"method": method, "seed": run_seed, "metrics": metrics, "heldout": scores["heldout"], "curve": curve,
+            "train_s": train_s,
+            "config": cfg, "run_dir": run_dir}
+
+
+SOURCE_CACHE_VERSION = 1  # bump when the source's training changes in a way the settings below do not show
+
+
+def _source_path(over) -> Path:
+    # keyed on the settings that are given (the pretrain command's defaults and the
+    # overrides), not on the whole resolved config: a config field added elsewhere in the
+    # project must not invalidate every cached source
+    key = json.dumps({"version": SOURCE_CACHE_VERSION, "defaults": COMMAND_DEFAULTS["pretrain"], "overrides": list(over)},
+                     sort_keys=True)
+    return cache_dir() / "sources" / f"digits0-8-{hashlib.sha256(key.encode()).hexdigest()[:12]}.safetensors"
+
+
+def _cached_source_exists(steps):
+    return _source_path([f"train.steps={steps}", f"seed={SOURCE_SEED}"]).is_file()
+
+
+def _loadavg():
+    try:
+        return tuple(round(x, 2) for x in os.getloadavg())
+    except OSError:  # pragma: no cover - not on every platform
+        return None

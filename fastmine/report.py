@@ -1,0 +1,220 @@
+"""Markdown reports with plots: one run (``fastmine eval``) or a comparison (``fastmine demo``)."""
+from __future__ import annotations
+
+import math
+import os
+import platform
+import sys
+from pathlib import Path
+
+COLUMNS = (("fid", "FID ↓", "{:.2f}"), ("kmmd", "KMMD ↓", "{:.4f}"), ("mv", "MV", "{:.3f}"),
+           ("target_share", "target share ↑", "{:.2f}"))
+
+
+def versions() -> dict:
+    import torch
+
+    from . import __version__
+
+    return {"fastmine": __version__, "torch": torch.__version__, "python": platform.python_version(),
+            "platform": platform.platform(), "cpu cores": os.cpu_count(), "torch threads": torch.get_num_threads()}
+
+
+def mean_std(values):
+    values = [v for v in values if v is not None]
+    if not values:
+        return None, None
+    m = sum(values) / len(values)
+    s = math.sqrt(sum((v - m) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else None
+    return m, s
+
+
+def fmt(values, spec):
+    m, s = mean_std(values)
+    if m is None:
+        return "–"
+    return spec.format(m) + (f" ± {spec.format(s)}" if s is not None else "")
+
+
+def metrics_table(rows: dict[str, list[dict]], columns=COLUMNS) -> str:
+    """rows: label -> list of metric dicts (one per seed); mean ± std (n-1) when several."""
+    cols = [c for c in columns if any(c[0] in d for ds in rows.values() for d in ds)]
+    lines = ["| method | " + " | ".join(c[1] for c in cols) + " |", "|---|" + "---:|" * len(cols)]
+    for label, dicts in rows.items():
+        cells = [fmt([d.get(key) for d in dicts], spec) for key, _, spec in cols]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot_curves(curves: dict[str, list[list[tuple[int, float]]]], path, ylabel="FID (digits features)",
+                title=None, hline: tuple[str, float] | None = None):
+    """One line per label: the mean over its runs at the steps they share, ± std shaded."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=100)
+    for label, runs in curves.items():
+        runs = [dict(r) for r in runs if r]
+        if not runs:
+            continue
+        steps = sorted(set.intersection(*(set(r) for r in runs)))
+        if not steps:
+            continue
+        vals = np.array([[r[s] for s in steps] for r in runs])
+        mean = vals.mean(0)
+        (line,) = ax.plot(steps, mean, marker="o", ms=3, label=label)
+        if len(runs) > 1:
+            std = vals.std(0, ddof=1)
+            ax.fill_between(steps, mean - std, mean + std, color=line.get_color(), alpha=0.15)
+    if hline is not None:
+        ax.axhline(hline[1], color="gray", ls="--", lw=1, label=hline[0])
+    ax.set_xlabel("generator updates")
+    ax.set_ylabel(ylabel)
+    if title:
+        ax.set_title(title, fontsize=10)
+    ax.set_yscale("log")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return Path(path)
+
+
+def write_run_report(run_dir, result: dict) -> Path:
+    """RUN_DIR/report.md from :func:`fastmine.evaluation.evaluate_run`'s result."""
+    run_dir = Path(run_dir)
+    m = result["metrics"]
+    lines = [f"# Evaluation of `{run_dir.name}`", "",
+             f"Method `{result['method']}`, {result['steps']} generator updates. Scored with the "
+             f"`{m['extractor']}` features, the paper's protocol: {m['n_fake']} generated vs {m['n_real']} real images "
+             f"(as many as the real set, capped at 10,000), averaged over {m['repeats']} sample draws "
+             f"(FID spread across draws: ± {m['fid_draw_std']:.2f}).", "",
+             metrics_table({result["method"]: [m]}), ""]
+    if result.get("target_class") is not None:
+        lines += [f"Target share: fraction of samples the digits classifier labels {result['target_class']}.", ""]
+    lines += ["KMMD: unbiased squared MMD, Gaussian kernel, bandwidth = median pairwise feature distance "
+              f"(σ = {m['kmmd_sigma']:.3g}). MV: mean over feature dimensions of the variance across samples.", ""]
+    grids = sorted((run_dir / "samples").glob("step_*.png"))
+    if grids:
+        lines += [f"## Samples (step {int(grids[-1].stem.split('_')[1])})", "",
+                  f"![samples]({grids[-1].relative_to(run_dir).as_posix()})", ""]
+    lines += ["## FID over training", ""]
+    if result["curve"]:
+        plot = plot_curves({result["method"]: [result["curve"]]}, run_dir / "fid_over_steps.png",
+                           title=f"{run_dir.name}: FID over generator updates")
+        lines += [f"From the {result['curve_source']}.", "", f"![FID over steps]({plot.name})", ""]
+    else:
+        lines += ["No FID was logged during training and no checkpoints are left on disk, so there is no curve "
+                  "(train with the demo's `fid_callback` to log one).", ""]
+    lines += ["## Versions", "", _versions_line(), ""]
+    path = run_dir / "report.md"
+    path.write_text("\n".join(lines))
+    return path
+
+
+def _versions_line():
+    v = versions()
+    return ", ".join(f"{k} {val}" for k, val in v.items())
+
+
+# the paper's claims (MineGAN++ Table 1 / §5) as (better, worse) pairs in FID
+PAPER_ORDERINGS = (("minegan", "transfergan"), ("minegan", "freezed"), ("transfergan", "scratch"),
+                   ("freezed", "scratch"), ("minegan_noft", "transfergan"), ("minegan", "minegan_noft"))
+
+
+def orderings(results: dict, labels: dict, key="fid") -> list[str]:
+    """One line per paper ordering: holds / does not hold, with the means ± std."""
+    out = []
+    for better, worse in PAPER_ORDERINGS:
+        if better not in results or worse not in results:
+            continue
+        a = [r["metrics"][key] for r in results[better]]
+        b = [r["metrics"][key] for r in results[worse]]
+        (ma, sa), (mb, sb) = mean_std(a), mean_std(b)
+        verdict = "holds" if ma < mb else "does **not** hold"
+        clear = ""
+        if sa is not None and sb is not None:
+            clear = " (outside one std of each other)" if abs(ma - mb) > max(sa, sb) else " (within one std)"
+        out.append(f"- {labels[better]} < {labels[worse]}: {verdict} — {ma:.2f} vs {mb:.2f}{clear}")
+    return out
+
+
+def write_demo_report(out, results: dict, source_scores: dict, settings, seeds, timing: dict, source,
+                      overrides=(), labels=None) -> Path:
+    """source_scores / each result: "metrics" (vs the target set) and, optionally, "heldout"
+    (vs target-class images not in the target set)."""
+    out = Path(out)
+    labels = labels or {m: m for m in results}
+    source_metrics = source_scores["metrics"]
+
+    def table(key):
+        rows = {"source (no adaptation)": [source_scores[key]]}
+        return metrics_table(rows | {labels[m]: [r[key] for r in rs] for m, rs in results.items()})
+
+    curves = {labels[m]: [r["curve"] for r in rs] for m, rs in results.items()}
+    plot = plot_curves(curves, out / "fid_over_steps.png",
+                       title=f"FID to the target 9s ({settings.eval_n} samples per point; mean over {len(seeds)} seed(s))")
+    n = source_metrics["n_real"]
+    lines = ["# fastmine demo: adapting a digits 0-8 GAN to 100 images of digit 9", "",
+             f"Source: a WGAN-GP pretrained on scikit-learn digits 0-8 at 16 px for {settings.source_steps} "
+             f"generator updates (`{Path(source).name}`, {'cached' if timing['source_cached'] else 'trained in this run'}). "
+             f"Target: 100 images of digit 9 at 16 px (the paper's off-manifold MNIST setting). Every method gets "
+             f"the same budget of **{settings.steps} generator updates** (MineGAN: half mining, half finetuning).", "",
+             f"Seeds: {', '.join(map(str, seeds))}" + (" — mean ± std (n−1) over seeds." if len(seeds) > 1 else
+                                                      " — one seed: no spread is shown; run `--seeds 3` for mean ± std."),
+             "", "## Results", "",
+             f"Paper protocol: {n} generated vs the {n} target images (as many as the real set, capped at 10,000), "
+             f"features of the shipped digits classifier (64-d penultimate layer); each run's value is the mean over "
+             f"{settings.repeats} sample draws. Target share: fraction of samples the classifier labels 9.", "",
+             table("metrics"), ""]
+    if "heldout" in source_scores and all("heldout" in r for rs in results.values() for r in rs):
+        h = source_scores["heldout"]["n_real"]
+        lines += [f"The same against the {h} digit-9 images of the dataset that are **not** in the target set "
+                  f"({h} generated): FID against the 100 training images rewards reproducing them, this does not.", "",
+                  table("heldout"), ""]
+    lines += ["KMMD: unbiased squared MMD, Gaussian kernel, bandwidth = median pairwise distance of the pooled features "
+              f"(σ ≈ {source_metrics['kmmd_sigma']:.3g} for the source). MV: mean over feature dimensions of the variance "
+              "across generated samples (the real 9s' MV is the reference, higher is not better by itself).", "",
+              "### The paper's orderings (FID, lower is better)", "", "Against the target set:", "",
+              *orderings(results, labels), ""]
+    if all("heldout" in r for rs in results.values() for r in rs):
+        lines += ["Against the held-out 9s:", "", *orderings({m: [{"metrics": r["heldout"]} for r in rs]
+                                                             for m, rs in results.items()}, labels), ""]
+    lines += ["## FID over training", "", f"![FID over steps]({plot.name})", "",
+              f"Logged every {settings.eval_every} steps with {settings.eval_n} samples against the 100 target images "
+              "(a trend line, not the paper protocol: more samples, so lower values than the table).", "",
+              "## Samples (first seed, 64 samples, fixed seed)", ""]
+    lines += ["| " + " | ".join(["source"] + [labels[m] for m in results]) + " |",
+              "|" + "---|" * (len(results) + 1),
+              "| " + " | ".join([f"![source](samples_source.png)"] +
+                                [f"![{labels[m]}](samples_{m}.png)" for m in results]) + " |", ""]
+    lines += ["## Settings", "", "| method | lr (sampler / critic) | betas | n_critic | batch | λ_GP | mine steps | "
+              "seed dist | miner init |", "|---|---|---|---|---|---|---|---|---|"]
+    for m, rs in results.items():
+        c = rs[0]["config"]
+        t = c.train
+        miner = f"{c.miner.seed_dist} | {c.miner.init}" if m in ("minegan_noft", "minegan", "reprogram") else "– | –"
+        lines.append(f"| {labels[m]} | {t.lr:g} / {t.critic_lr:g} | {tuple(t.betas)} | {t.n_critic} | {t.batch_size} | "
+                     f"{t.gp_weight:g} | {t.mine_steps} | {miner} |")
+    if overrides:
+        lines += ["", "Extra overrides: " + ", ".join(f"`{o}`" for o in overrides)]
+    if math.isnan(timing["total_s"]):
+        total = "Total wall time not recorded (this report was rebuilt from the run folders on disk)."
+    else:
+        total = (f"Total wall time {timing['total_s'] / 60:.1f} min (source "
+                 f"{'loaded from cache' if timing['source_cached'] else 'pretraining'}: {timing['source_s']:.0f} s; "
+                 f"{timing.get('jobs', 1)} run(s) in parallel).")
+    lines += ["", "## Timing", "",
+              total + " Per run (training, incl. logged evaluations): " +
+              ", ".join(f"{labels[m]} {mean_std([r['train_s'] for r in rs])[0]:.0f} s" for m, rs in results.items()) + ".",
+              f"Load average (1/5/15 min) at start {timing['load_start']}, at end {timing['load_end']} — "
+              "above the core count means other work shared the CPU and the times are inflated.", "",
+              "## Versions", "", _versions_line(), ""]
+    path = out / "report.md"
+    path.write_text("\n".join(lines))
+    return path

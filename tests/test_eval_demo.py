@@ -1,0 +1,104 @@
+"""`fastmine demo --quick` and `fastmine eval` end to end (CPU, about a minute together)."""
+import json
+import math
+import re
+
+import pytest
+from PIL import Image
+
+from fastmine.cli import main
+from fastmine.demo import DEMO_METHODS, LABELS, QUICK
+
+GRID_PX = (8 * (16 + 1) + 1) * 4  # 64 samples of 16 px: 8x8 cells, 1 px padding, shown 4x
+
+
+def _table(report_text):
+    """{row label: [cell strings]} of the first markdown table in a report."""
+    rows, in_table = {}, False
+    for line in report_text.splitlines():
+        if line.startswith("| method |"):
+            in_table = True
+            continue
+        if in_table:
+            if not line.startswith("|"):
+                break
+            cells = [c.strip() for c in line.strip("|").split("|")]
+            if not set(cells[0]) <= set("-:"):
+                rows[cells[0]] = cells[1:]
+    return rows
+
+
+def _number(cell):
+    return float(re.match(r"-?[\d.]+(e-?\d+)?", cell).group(0))
+
+
+@pytest.fixture(scope="module")
+def quick_demo(tmp_path_factory):
+    root = tmp_path_factory.mktemp("demo")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("FASTMINE_CACHE", str(root / "cache"))
+    out = root / "demo"
+    assert main(["demo", "--quick", "--out", str(out)]) == 0
+    yield out, root / "cache"
+    mp.undo()
+
+
+def test_demo_quick_report_has_a_finite_row_per_method(quick_demo):
+    out, _ = quick_demo
+    table = _table((out / "report.md").read_text())
+    assert set(table) == {"source (no adaptation)"} | {LABELS[m] for m in DEMO_METHODS}
+    for label, cells in table.items():
+        values = [_number(c) for c in cells]  # FID, KMMD, MV, target share
+        assert len(values) == 4 and all(math.isfinite(v) for v in values), (label, cells)
+        assert values[0] > 0 and 0 <= values[3] <= 1, (label, values)
+    report = (out / "report.md").read_text()
+    assert "80 digit-9 images of the dataset that are **not** in the target set" in report  # the held-out table
+    assert report.count("- MineGAN < TransferGAN:") == 2  # orderings against both references
+
+
+def test_demo_quick_pictures_open_at_the_expected_size(quick_demo):
+    out, _ = quick_demo
+    for name in ["source", *DEMO_METHODS]:
+        with Image.open(out / f"samples_{name}.png") as im:
+            assert im.size == (GRID_PX, GRID_PX), name
+    with Image.open(out / "fid_over_steps.png") as im:
+        assert im.size == (640, 420)  # figsize 6.4 x 4.2 at 100 dpi
+    report = (out / "report.md").read_text()
+    for name in ["source", *DEMO_METHODS]:
+        assert f"(samples_{name}.png)" in report
+    assert "(fid_over_steps.png)" in report and "torch" in report and "python" in report
+
+
+def test_demo_runs_log_fid_every_k_steps(quick_demo):
+    out, _ = quick_demo
+    for method in DEMO_METHODS:
+        rows = [json.loads(l) for l in (out / "seed0" / method / "metrics.jsonl").read_text().splitlines()]
+        logged = [r["step"] for r in rows if "fid" in r]
+        assert logged == list(range(QUICK.eval_every, QUICK.steps + 1, QUICK.eval_every)), method
+        assert all(math.isfinite(r["fid"]) and 0 <= r["target_share"] <= 1 for r in rows if "fid" in r)
+
+
+def test_eval_on_a_tiny_run_writes_the_table_and_a_curve_from_checkpoints(quick_demo, tmp_path, monkeypatch):
+    _, cache = quick_demo
+    (source,) = (cache / "sources").glob("digits0-8-*.safetensors")
+    # a run with no logged FID: the curve must come from the checkpoints left on disk
+    assert main(["mine", f"source.generator={source}", f"out_dir={tmp_path}", "name=tiny", "train.steps=4",
+                 "train.log_every=2", "train.checkpoint_every=2", "train.keep_checkpoints=3", "train.progress=false",
+                 "device=cpu"]) == 0
+    run = tmp_path / "tiny"
+    assert main(["eval", str(run), "--repeats", "1"]) == 0
+    report = (run / "report.md").read_text()
+    cells = _table(report)["minegan_noft"]
+    assert all(math.isfinite(_number(c)) for c in cells)
+    assert "From the checkpoints on disk" in report and "(fid_over_steps.png)" in report
+    with Image.open(run / "fid_over_steps.png") as im:
+        assert im.size == (640, 420)
+
+
+def test_eval_with_inception_and_no_weights_says_where_to_put_them(quick_demo, capsys):
+    out, _ = quick_demo
+    code = main(["eval", str(out / "seed0" / "minegan_noft"), "--extractor", "inception",
+                 "--inception-weights", "/nonexistent/inception.pth"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "cannot download" in err and "weights-inception-2015-12-05" in err
