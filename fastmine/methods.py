@@ -16,6 +16,8 @@ class Method:
     freeze_critic_blocks: bool = False   # FreezeD
     fresh_generator: bool = False    # from scratch: re-initialise G
     fresh_critic: bool = False       # from scratch: re-initialise D
+    sparse_critic: bool = False      # S³ (§3.4.2): critic gradients masked to a sparse set of filters
+    kind: str = "single"             # "single" (api.train) | "multi" (fastmine.multi) | "fuse" (fastmine.fusion)
     defaults: dict = field(default_factory=dict)
     summary: str = ""
 
@@ -44,6 +46,14 @@ METHODS = {
                summary="FreezeD: TransferGAN with the critic's leading blocks frozen"),
         Method("scratch", False, "always", fresh_generator=True, fresh_critic=True, defaults=_WGANGP,
                summary="from scratch: a freshly initialised GAN (also what `pretrain` runs)"),
+        Method("minegan_pp", True, "after_mining", sparse_critic=True, defaults=_MINEGAN,
+               summary="MineGAN++: MineGAN with the critic trained under S³ masks in both stages (§3.4.2)"),
+        Method("transfergan_pp", False, "always", sparse_critic=True, defaults=_WGANGP,
+               summary="TransferGAN++: TransferGAN with the critic trained under S³ masks"),
+        Method("minegan_multi", True, "never", kind="multi", defaults=_MINEGAN,
+               summary="MineGAN(multi): one miner per frozen generator, supersamples, selector π (eq. 5-10)"),
+        Method("fuse", False, "always", kind="fuse", defaults=_WGANGP,
+               summary="fusion: N generators into one conditioned through its prior (eq. 15-16)"),
     ]
 }
 

@@ -1,0 +1,414 @@
+"""Mining several frozen generators at once (MineGAN++ §3.3, eq. 5-10).
+
+N generators G_i, each with its own miner M_i, form one sampler. A minibatch holds K
+*supersamples*: one seed u(j) is fed to every G_i(M_i(·)), the critic scores the N
+candidates, and only one of them per supersample enters the losses. The trainer does not
+know any of this: it calls the sampler like any other, and the sampler asks the critic it
+was bound to (``bind_critic``) which candidate to keep.
+
+Selection rules (DESIGN.md §2, "Supersample selection"):
+
+- ``max`` (eq. 5-8): supersample j uses generator m(j) = argmax_i D(G_i(M_i(u(j)))).
+- ``permute`` (eq. 9-10, the default): draw a random permutation r of the K supersamples
+  and use generator m(r(j)) *on seed u(j)*. Read literally, eq. 9 only reorders a sum;
+  the paper's stated intent — "the output ratio of each generator is kept" while seeds
+  "that do not directly result in the maximum critic score … can be updated" — is this
+  reading: the multiset of chosen generators equals that of the winners, and the pairing
+  of generators with seeds is shuffled.
+
+The selector π_i is the fraction of argmax wins of generator i over the last ``window``
+(default 1000) minibatches — every training-mode call of the sampler is one minibatch
+(the critic steps' and the sampler step's), all ranks together. At sampling time (eval
+mode) generator i is drawn from Categorical(π) per sample.
+
+Seeds carry one extra column: ``draw_seeds`` returns [n, seed_dim + 1], the last column a
+U[0,1) number that picks the generator at sampling time (inverse CDF of π). Training
+ignores it. This keeps "same seed, same samples" and draws nothing on the host.
+
+Two paths give the same result:
+
+- ``fast`` (default): score all N·K candidates without autograd (optionally in bf16 on
+  CUDA), select, then re-run only the K chosen seeds through their generators with
+  autograd. In the critic step (no autograd anyway) the chosen candidates are gathered
+  directly, nothing is re-run.
+- ``naive``: every candidate with autograd, then index the chosen ones: N times the
+  activation memory. Kept as the reference for the tests and the benchmark.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from fastmine_kernels.supersample_select import RULES, supersample_select
+
+from .latent import draw
+from .miner import Miner
+from .models import (GeneratorAdapter, Sampler, _load_state, _part, atomic_save_safetensors, build_module,
+                     load_generator, load_sampler, read_file)
+
+PATHS = ("fast", "naive")
+
+
+class MultiSampler(nn.Module):
+    """N samplers G_i(M_i(u)) sharing one seed per supersample, selected by a critic."""
+
+    def __init__(self, samplers, rule: str = "permute", window: int = 1000, path: str = "fast",
+                 impl: str = "auto", score_dtype: torch.dtype | None = None, seed: int = 0):
+        super().__init__()
+        samplers = list(samplers)
+        if len(samplers) < 1:
+            raise ValueError("a multi-generator sampler needs at least one sampler")
+        if rule not in RULES:
+            raise ValueError(f"unknown selection rule {rule!r}; use one of {', '.join(RULES)}")
+        if path not in PATHS:
+            raise ValueError(f"unknown selection path {path!r}; use one of {', '.join(PATHS)}")
+        if window < 1:
+            raise ValueError(f"the selector window must hold at least one minibatch, got {window}")
+        for i, s in enumerate(samplers):
+            if not isinstance(s, Sampler) or s.miner is None:
+                raise ValueError(f"sampler {i} has no miner: multi-generator mining needs one miner per generator")
+        dims = {(s.seed_dim, s.seed_dist) for s in samplers}
+        if len(dims) != 1:
+            raise ValueError(f"every miner must take the same seed (one u per supersample feeds all of them); got "
+                             f"(seed_dim, seed_dist) = {sorted(dims)}: set miner.seed_dim to one value")
+        self.samplers = nn.ModuleList(samplers)
+        self.seed_dim, self.seed_dist = dims.pop()
+        self.rule, self.path, self.impl, self.score_dtype = rule, path, impl, score_dtype
+        n = len(samplers)
+        # the ring buffer of per-minibatch win counts and its write position: buffers, so
+        # the trainer's checkpoints carry them and a resumed run keeps its selector
+        self.register_buffer("selector_window", torch.zeros(window, n, dtype=torch.float32))
+        self.register_buffer("selector_pos", torch.zeros(1, dtype=torch.long))
+        # the permutations of the `permute` rule come from the sampler's own stream, saved
+        # with the state dict (get_extra_state), so a resumed run draws the same ones
+        self._perm_gen = torch.Generator().manual_seed(int(seed))
+        self._critic_ref: tuple = ()
+        self.last_selection = None  # the latest SelectResult (chosen, winners, counts, ...), for inspection
+
+    # ------------------------------------------------------------------ parts
+    @property
+    def num_generators(self) -> int:
+        return len(self.samplers)
+
+    @property
+    def window(self) -> int:
+        return self.selector_window.shape[0]
+
+    def bind_critic(self, critic: nn.Module):
+        """The critic that scores candidates (held by reference, not as a submodule)."""
+        self._critic_ref = (critic,)
+
+    @property
+    def critic(self):
+        return self._critic_ref[0] if self._critic_ref else None
+
+    def get_extra_state(self):
+        return self._perm_gen.get_state()
+
+    def set_extra_state(self, state):
+        if torch.is_tensor(state) and state.dtype == torch.uint8:
+            self._perm_gen.set_state(state.cpu())
+
+    @property
+    def selector_probs(self) -> torch.Tensor:
+        """π: win frequencies over the window (uniform before any minibatch was seen)."""
+        wins = self.selector_window.sum(0)
+        total = wins.sum()
+        uniform = torch.full_like(wins, 1.0 / self.num_generators)
+        return torch.where(total > 0, wins / total.clamp_min(1e-12), uniform)
+
+    def draw_seeds(self, n: int, generator: torch.Generator | None = None, device=None):
+        u = draw(self.seed_dist, (n, self.seed_dim), generator, device)
+        pick = torch.rand((n, 1), generator=generator, device=device)
+        return torch.cat([u, pick], 1)
+
+    # ------------------------------------------------------------------ forward
+    def forward(self, seeds):
+        u, pick = self._split(seeds)
+        if not self.training:
+            return self.run_chosen(u, self.sample_generators(pick))
+        if self.critic is None:
+            raise RuntimeError("a training-mode MultiSampler selects with a critic: call bind_critic(critic) first "
+                               "(the Trainer does), or switch to eval() to sample from the selector π")
+        if self.path == "naive":
+            return self._forward_naive(u)
+        return self._forward_fast(u)
+
+    def _split(self, seeds):
+        if seeds.ndim != 2 or seeds.shape[1] not in (self.seed_dim, self.seed_dim + 1):
+            raise ValueError(f"seeds must be [n, {self.seed_dim + 1}] (from draw_seeds) or [n, {self.seed_dim}], "
+                             f"got {tuple(seeds.shape)}")
+        if seeds.shape[1] == self.seed_dim:  # plain seeds: the generator pick is derived from nothing random
+            return seeds, torch.full((seeds.shape[0],), 0.5, device=seeds.device)
+        return seeds[:, : self.seed_dim], seeds[:, self.seed_dim]
+
+    def sample_generators(self, pick: torch.Tensor) -> torch.Tensor:
+        """i ~ Categorical(π) per sample, by inverse CDF of the given U[0,1) numbers."""
+        cdf = self.selector_probs.to(pick.device).cumsum(0)
+        idx = torch.searchsorted(cdf, (pick * cdf[-1]).contiguous(), right=True)
+        return idx.clamp_(max=self.num_generators - 1)
+
+    def candidates(self, u) -> torch.Tensor:
+        """[K, N, ...]: every generator on every seed (with autograd when it is enabled)."""
+        outs = [s(u) for s in self.samplers]
+        shapes = {tuple(o.shape[1:]) for o in outs}
+        if len(shapes) != 1:
+            raise ValueError(f"the generators make samples of different shapes {sorted(shapes)}; "
+                             "a supersample's candidates must be comparable by one critic")
+        return torch.stack(outs, 1)
+
+    def score(self, cands: torch.Tensor) -> torch.Tensor:
+        K, N = cands.shape[:2]
+        flat = cands.flatten(0, 1)
+        if self.score_dtype is not None and flat.is_cuda:
+            with torch.autocast("cuda", dtype=self.score_dtype):
+                s = self.critic(flat)
+        else:
+            s = self.critic(flat)
+        return s.float().reshape(K, N)
+
+    def _select(self, scores, candidates=None):
+        K = scores.shape[0]
+        perm = None
+        if self.rule == "permute":
+            perm = torch.randperm(K, generator=self._perm_gen).to(scores.device, non_blocking=True)
+        res = supersample_select(scores, rule=self.rule, window=self.selector_window, window_pos=self.selector_pos,
+                                 perm=perm, candidates=candidates, impl=self.impl)
+        self._all_reduce_last_counts()
+        self.last_selection = res
+        return res
+
+    def _all_reduce_last_counts(self):
+        # π counts the wins of all ranks together: sum this minibatch's row over ranks
+        if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+            return
+        if torch.distributed.get_world_size() == 1:
+            return
+        slot = (self.selector_pos - 1) % self.window
+        row = self.selector_window.index_select(0, slot)
+        torch.distributed.all_reduce(row)
+        self.selector_window.index_copy_(0, slot, row)
+
+    def _forward_fast(self, u):
+        with torch.no_grad():
+            cands = self.candidates(u)
+            scores = self.score(cands)
+        if not torch.is_grad_enabled():  # critic step: gather the chosen candidates, nothing to re-run
+            return self._select(scores, candidates=cands).gathered
+        res = self._select(scores)
+        del cands
+        return self.run_chosen(u, res.chosen, res.counts)
+
+    def _forward_naive(self, u):
+        cands = self.candidates(u)
+        scores = self.score(cands)
+        res = self._select(scores.detach())
+        return cands[torch.arange(cands.shape[0], device=cands.device), res.chosen]
+
+    def run_chosen(self, u, chosen, counts=None):
+        """Sample j from generator chosen[j] on seed u[j]; each generator runs once on its rows."""
+        if counts is None:
+            counts = torch.bincount(chosen, minlength=self.num_generators)
+        sizes = counts.tolist()  # the one host sync: each generator needs its batch size
+        order = torch.argsort(chosen, stable=True)
+        parts, start = [], 0
+        for i, n in enumerate(sizes):
+            if n:
+                parts.append(self.samplers[i](u[order[start:start + n]]))
+            start += n
+        out = torch.cat(parts)
+        return out[torch.argsort(order)]  # back to the seeds' order (differentiable gather)
+
+    @torch.no_grad()
+    def sample(self, n: int, seed: int = 0, device=None, batch_size: int = 1024) -> torch.Tensor:
+        """n samples from a fixed seed, generators drawn from π (eval mode)."""
+        device = device or self.selector_window.device
+        gen = torch.Generator(device).manual_seed(seed)
+        was = self.training
+        self.eval()
+        try:
+            chunks = [self(self.draw_seeds(min(batch_size, n - i), gen, device)) for i in range(0, n, batch_size)]
+        finally:
+            self.train(was)
+        return torch.cat(chunks)
+
+
+def selector_log(trainer, step) -> dict:
+    """Trainer callback: π into metrics.jsonl (one number per generator)."""
+    sampler = trainer.sampler
+    if not isinstance(sampler, MultiSampler):
+        return {}
+    return {"selector_probs": [round(float(p), 5) for p in sampler.selector_probs.tolist()]}
+
+
+# --------------------------------------------------------------------------- files
+def save_multi_sampler(path, sampler: MultiSampler, critic=None, critic_build=None, extra=None):
+    """One safetensors file: part{i}.generator.*, part{i}.miner.*, the selector window, JSON metadata."""
+    parts, tensors = [], {}
+    for i, s in enumerate(sampler.samplers):
+        g = s.generator
+        part = {"generator": {"build": g.build, "latent_spec": g.latent_spec.to_dict()},
+                "miner": {"seed_dim": s.seed_dim, "seed_dist": s.seed_dist}}
+        if isinstance(s.miner, Miner):
+            part["miner"]["config"] = s.miner.config()
+        parts.append(part)
+        tensors.update({f"part{i}.generator.{k}": v for k, v in g.module.state_dict().items()})
+        tensors.update({f"part{i}.miner.{k}": v for k, v in s.miner.state_dict().items()})
+    tensors["selector_window"] = sampler.selector_window
+    tensors["selector_pos"] = sampler.selector_pos
+    info = {"format": 1, "kind": "multi_sampler", **(extra or {}), "rule": sampler.rule, "parts": parts,
+            "selector_probs": [float(p) for p in sampler.selector_probs.tolist()]}
+    if critic is not None and critic_build is not None:
+        tensors.update({f"critic.{k}": v for k, v in critic.state_dict().items()})
+        info["critic"] = {"build": critic_build}
+    atomic_save_safetensors(tensors, path, {"fastmine": info})
+
+
+def load_multi_sampler(path, device="cpu") -> MultiSampler:
+    tensors, info = read_file(path)
+    if info is None or info.get("kind") != "multi_sampler":
+        raise ValueError(f"{str(path)!r} is not a fastmine multi-generator file")
+    samplers = []
+    for i, part in enumerate(info["parts"]):
+        g = part["generator"]
+        if g["build"] is None:
+            raise ValueError(f"{str(path)!r}: generator {i} is a user module stored as weights only; "
+                             "rebuild the MultiSampler from your modules and load_state_dict")
+        module = build_module(g["build"], "generator")
+        _load_state(module, _part(tensors, f"part{i}.generator"), f"generator {i}", path)
+        m = part["miner"]
+        if "config" not in m:
+            raise ValueError(f"{str(path)!r}: miner {i} is a custom module; rebuild it yourself")
+        miner = Miner(**m["config"])
+        _load_state(miner, _part(tensors, f"part{i}.miner"), f"miner {i}", path)
+        samplers.append(Sampler(GeneratorAdapter(module, g["latent_spec"], build=g["build"]), miner,
+                                seed_dim=m["seed_dim"], seed_dist=m["seed_dist"]))
+    window = tensors["selector_window"]
+    ms = MultiSampler(samplers, rule=info.get("rule", "permute"), window=window.shape[0])
+    ms.selector_window.copy_(window)
+    ms.selector_pos.copy_(tensors["selector_pos"])
+    return ms.to(device).eval()
+
+
+def load_any_sampler(path, device="cpu"):
+    """Whatever a fastmine run wrote: a single, multi-generator or fused sampler."""
+    _, info = read_file(path)
+    kind = (info or {}).get("kind")
+    if kind == "multi_sampler":
+        return load_multi_sampler(path, device)
+    if info and "fusion" in info and "miner" not in info:
+        from .fusion import load_fused_sampler
+
+        return load_fused_sampler(path, device)
+    return load_sampler(path, device=device)
+
+
+# --------------------------------------------------------------------------- training
+def mine_multi(generators, target, *, critic=None, rule=None, window=None, path=None, run_dir=None, seed=0,
+               device=None, miner_cfg=None, model_cfg=None, train_cfg=None, resume=False, callbacks=(),
+               run_config=None, allow_pickle=False, **train_kwargs):
+    """MineGAN(multi): one miner per frozen generator, critic-max selection, the selector π.
+
+    generators: a list of :class:`GeneratorAdapter` or paths / factories for
+        :func:`load_generator` (all making samples of the target's shape).
+    critic: a module, a file holding one, or None: the critic stored with the *first*
+        generator file that has one (the paper initialises it from one pretrained critic;
+        which one matters little, §5.1.2), else a fresh project critic.
+    rule / window / path: default ``train.selector_rule`` / ``selector_window`` /
+        ``selection_path`` of the config (permute / 1000 / fast).
+    """
+    from . import api
+    from .config import MinerConfig, ModelConfig, RunConfig, TrainConfig, dump_config, from_dict
+    from .methods import fill_defaults
+    from .nets import build_critic
+    from .trainer import ParamGroup, Trainer
+
+    device = api.resolve_device(device)
+    model_cfg = model_cfg or ModelConfig()
+    miner_cfg = from_dict(MinerConfig, miner_cfg) if isinstance(miner_cfg, dict) else copy.deepcopy(miner_cfg or MinerConfig())
+    tcfg = from_dict(TrainConfig, train_cfg) if isinstance(train_cfg, dict) else copy.deepcopy(train_cfg or TrainConfig())
+    tcfg = dataclasses.replace(tcfg, **train_kwargs)
+    rc = RunConfig(method="minegan_multi", seed=seed, train=tcfg, miner=miner_cfg, model=model_cfg)
+    fill_defaults(rc)
+    tcfg, miner_cfg = rc.train, rc.miner
+    rule = rule or getattr(tcfg, "selector_rule", "permute")
+    window = window or getattr(tcfg, "selector_window", 1000)
+    path = path or getattr(tcfg, "selection_path", "fast")
+    target = torch.as_tensor(target).float()
+    if len(target) == 0:
+        raise ValueError("the target data is empty")
+    if not generators:
+        raise ValueError("mine_multi needs a list of generators (source.generators)")
+    torch.manual_seed(seed)
+    adapters, critic_source = [], None
+    for g in generators:
+        if isinstance(g, GeneratorAdapter):
+            adapters.append(g)
+            continue
+        if critic_source is None and isinstance(g, (str, Path)) and Path(g).is_file() and api._has_critic(g):
+            critic_source = str(g)
+        adapters.append(load_generator(str(g), allow_pickle=allow_pickle))
+    samplers = []
+    for a in adapters:
+        a = a.to(device).freeze(True)
+        miner = Miner(a.latent_spec, seed_dim=miner_cfg.seed_dim, seed_dist=miner_cfg.seed_dist,
+                      hidden=miner_cfg.hidden, layers=miner_cfg.layers, init=miner_cfg.init)
+        samplers.append(Sampler(a, miner))
+    sampler = MultiSampler(samplers, rule=rule, window=window, path=path, impl=tcfg.impl, seed=seed).to(device)
+    for s in samplers:
+        api._check_output_matches(s, target, device)
+
+    critic_build = None
+    if isinstance(critic, nn.Module):
+        critic_module = critic
+    elif critic is not None or critic_source is not None:
+        from .models import load_critic
+
+        src = critic or critic_source
+        critic_module = load_critic(src, allow_pickle=allow_pickle)
+        _, info = read_file(src, allow_pickle=allow_pickle)
+        critic_build = info["critic"]["build"] if info and "critic" in info else None
+    else:
+        critic_build = {"arch": api.critic_arch_for(target, model_cfg)}
+        critic_module = build_critic(critic_build["arch"])
+    critic_module = critic_module.to(device)
+
+    groups = [ParamGroup(f"miner{i}", s.miner, 0) for i, s in enumerate(samplers)]
+    run_dir = Path(run_dir) if run_dir else None
+    if run_dir is not None:
+        api._prepare_run_dir(run_dir, resume)
+        if run_config is not None:
+            run_config.train, run_config.miner = tcfg, miner_cfg
+        dump_config(run_config or rc, run_dir / "config.yaml")
+    trainer = Trainer(sampler, critic_module, target, tcfg, groups, run_dir=run_dir, seed=seed, device=device,
+                      callbacks=[selector_log, *callbacks])
+    metrics = trainer.fit(resume=resume)
+    sampler.eval()
+    if run_dir is not None and trainer.is_main:
+        save_multi_sampler(run_dir / "model.safetensors", sampler, critic=critic_module, critic_build=critic_build,
+                           extra={"method": "minegan_multi", "steps": tcfg.steps})
+        (run_dir / "selector.json").write_text(json.dumps(
+            {"selector_probs": [float(p) for p in sampler.selector_probs.tolist()], "rule": rule,
+             "window": window, "generators": [str(g) if not isinstance(g, nn.Module) else f"module{i}"
+                                              for i, g in enumerate(generators)]}, indent=1))
+    return api.Result(sampler, critic_module, metrics, run_dir)
+
+
+def run_multi_config(cfg, resume=False, callbacks=()):
+    """`fastmine mine-multi`: ``source.generators`` mined for ``data``."""
+    from .data import load_data
+
+    src = cfg.source
+    gens = list(getattr(src, "generators", None) or [])
+    if len(gens) < 2:
+        raise ValueError("mine-multi needs source.generators=[a.safetensors,b.safetensors] (two or more files)")
+    data = load_data(cfg.data)
+    return mine_multi(gens, data, critic=src.critic, run_dir=cfg.run_dir, seed=cfg.seed, device=cfg.device,
+                      miner_cfg=cfg.miner, model_cfg=cfg.model, train_cfg=cfg.train, resume=resume,
+                      callbacks=callbacks, run_config=cfg, allow_pickle=src.allow_pickle)
