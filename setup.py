@@ -29,6 +29,8 @@ setup(
         "triton": ["triton>=3.1"],
         "test": ["pytest>=7", "triton>=3.1"],
         "deepspeed": ["deepspeed>=0.15"],
+        # BigGAN adapter for conditional mining (weights from a local file; nothing is downloaded)
+        "biggan": ["pytorch-pretrained-biggan>=0.1.1"],
     },
     entry_points={"console_scripts": ["fastmine=fastmine.cli:main"]},
 )

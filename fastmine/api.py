@@ -86,7 +86,7 @@ def _check_output_matches(sampler: Sampler, data: torch.Tensor, device):
 def train(generator, target, *, method="minegan_noft", miner=None, critic=None, run_dir=None, seed=0,
           device=None, miner_cfg: MinerConfig | dict | None = None, model_cfg: ModelConfig | None = None,
           train_cfg: TrainConfig | dict | None = None, resume=False, callbacks=(), accelerator=None,
-          run_config: RunConfig | None = None, allow_pickle=False, **train_kwargs) -> Result:
+          run_config: RunConfig | None = None, allow_pickle=False, dist_cfg=None, **train_kwargs) -> Result:
     """Train any method on ``target`` (a tensor [N, ...] or a folder path) from ``generator``.
 
     generator: a :class:`GeneratorAdapter`, a path or factory for :func:`load_generator`, a
@@ -97,6 +97,8 @@ def train(generator, target, *, method="minegan_noft", miner=None, critic=None, 
     critic: an ``nn.Module``, a file holding one, or None (the critic stored with the
         generator when there is one, else a fresh project critic).
     train_kwargs: any :class:`TrainConfig` field (steps=, lr=, gp_weight=, ...).
+    accelerator, dist_cfg: placement across processes (:mod:`fastmine.distributed`); a
+        :class:`DistConfig` (or dict) with ``shard="fsdp2"|"zero3"`` shards the frozen generator.
     """
     m = get_method(method)
     device = resolve_device(device)
@@ -153,6 +155,13 @@ def train(generator, target, *, method="minegan_noft", miner=None, critic=None, 
     elif m.uses_miner and sampler.miner is None:
         raise ValueError(f"method {method!r} needs a miner but the given sampler has none")
     sampler = sampler.to(device)
+    from . import distributed
+    from .config import DistConfig
+
+    dist_cfg = from_dict(DistConfig, dist_cfg) if isinstance(dist_cfg, dict) else (dist_cfg or DistConfig())
+    shard = distributed.resolve_shard(dist_cfg.shard, accelerator)
+    if shard != "none":  # placement only: the frozen generator's weights are split over the ranks
+        distributed.shard_generator(adapter, shard, device, ds_config=distributed.read_ds_config(dist_cfg))
     _check_output_matches(sampler, target, device)
 
     # ---- the critic
@@ -175,11 +184,17 @@ def train(generator, target, *, method="minegan_noft", miner=None, critic=None, 
         blocks = getattr(critic_module, "blocks", None)
         if blocks is None:
             raise ValueError("FreezeD needs a critic with a `.blocks` sequence (its layers, input first)")
-        k = tcfg.freeze_critic_blocks
+        k = tcfg.freeze_critic_blocks if tcfg.freeze_critic_blocks is not None else len(blocks) // 2
         if not 0 < k < len(blocks):
             raise ValueError(f"train.freeze_critic_blocks must be in 1..{len(blocks) - 1}, got {k}")
         frozen = {id(p) for b in list(blocks)[:k] for p in b.parameters()}
         critic_params = [p for p in critic_params if id(p) not in frozen]
+    s3_masks = None
+    if m.sparse_critic:  # S³ (§3.4.2): masks chosen once on the target data, kept in both stages
+        from .sparse import apply_s3
+
+        s3_masks = apply_s3(critic_module, target, p=tcfg.s3_p, theta_f=tcfg.s3_theta_f,
+                            max_samples=tcfg.s3_samples, seed=seed)
 
     # ---- which parameters train when
     groups = []
@@ -192,18 +207,27 @@ def train(generator, target, *, method="minegan_noft", miner=None, critic=None, 
 
     run_dir = Path(run_dir) if run_dir else None
     if run_dir is not None:
+        _check_run_dir(run_dir, resume)  # every rank checks before rank 0 creates anything
+        distributed.barrier()
+    if run_dir is not None and distributed.rank() == 0:
         _prepare_run_dir(run_dir, resume)
         if rc is not None:
             if run_config is not None:
                 run_config.train, run_config.miner = tcfg, miner_cfg
             dump_config(run_config or rc, run_dir / "config.yaml")
+        if s3_masks is not None:
+            s3_masks.save(run_dir / "s3_masks.json")  # per-layer trainable fractions (Fig. 11b)
     trainer = Trainer(sampler, critic_module, target, tcfg, groups, critic_params=critic_params, run_dir=run_dir,
                       seed=seed, device=device, accelerator=accelerator, callbacks=callbacks)
     metrics = trainer.fit(resume=resume)
     sampler.eval()
+    # one ordinary file, loadable without any distributed set-up (a sharded generator is
+    # gathered whole: a collective on every rank)
+    export = distributed.exportable_sampler(sampler) if run_dir is not None else sampler
     if run_dir is not None and trainer.is_main:
-        save_sampler(run_dir / "model.safetensors", sampler, critic=critic_module, critic_build=critic_build,
+        save_sampler(run_dir / "model.safetensors", export, critic=critic_module, critic_build=critic_build,
                      extra={"method": method, "steps": tcfg.steps})
+    distributed.barrier()
     return Result(sampler, critic_module, metrics, run_dir)
 
 
@@ -213,6 +237,16 @@ def _has_critic(path):
     except (ValueError, FileNotFoundError):
         return False
     return bool(info and "critic" in info)
+
+
+def _check_run_dir(run_dir: Path, resume: bool):
+    ckpt = run_dir / "checkpoints" / "latest.json"
+    if resume:
+        if not ckpt.is_file():
+            raise FileNotFoundError(f"--resume: {str(run_dir)!r} has no checkpoint (checkpoints/latest.json)")
+    elif run_dir.exists() and any(run_dir.iterdir()):
+        raise FileExistsError(f"run folder {str(run_dir)!r} already exists; pass --resume to continue it, "
+                              "or choose another name (name=...) — nothing was overwritten")
 
 
 def _prepare_run_dir(run_dir: Path, resume: bool):
@@ -248,6 +282,19 @@ def finetune(mined, target, **kwargs) -> Result:
 def run_config(cfg: RunConfig, resume=False, callbacks=()) -> Result:
     """Run what a :class:`RunConfig` describes (what every CLI training command does)."""
     fill_defaults(cfg)
+    from . import distributed
+
+    if get_method(cfg.method).kind in ("multi", "fuse") and distributed.launched_world_size() > 1:
+        # not wired to a process group yet: every process would train alone into the same folder
+        raise ValueError(f"method {cfg.method!r} runs in one process for now; launch it without torchrun")
+    if get_method(cfg.method).kind == "multi":
+        from .multi import run_multi_config
+
+        return run_multi_config(cfg, resume=resume, callbacks=callbacks)
+    if get_method(cfg.method).kind == "fuse":
+        from .fusion import run_fuse_config
+
+        return run_fuse_config(cfg, resume=resume, callbacks=callbacks)
     data = load_data(cfg.data)
     src = cfg.source
     generator = None
@@ -263,6 +310,12 @@ def run_config(cfg: RunConfig, resume=False, callbacks=()) -> Result:
     critic = src.critic
     if critic is None and src.generator and _has_critic(src.generator):
         critic = src.generator
+    from . import distributed
+
+    # launched by torchrun / accelerate launch: one process group, this rank's device
+    accelerator = distributed.setup(cfg.dist, cfg.device)
+    device = str(accelerator.device) if accelerator is not None and cfg.device == "auto" else cfg.device
     return train(generator, data, method=cfg.method, critic=critic, run_dir=cfg.run_dir, seed=cfg.seed,
-                 device=cfg.device, miner_cfg=cfg.miner, model_cfg=cfg.model, train_cfg=cfg.train,
-                 resume=resume, callbacks=callbacks, run_config=cfg, allow_pickle=src.allow_pickle)
+                 device=device, miner_cfg=cfg.miner, model_cfg=cfg.model, train_cfg=cfg.train,
+                 resume=resume, callbacks=callbacks, run_config=cfg, allow_pickle=src.allow_pickle,
+                 accelerator=accelerator, dist_cfg=cfg.dist)

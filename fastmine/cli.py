@@ -23,9 +23,12 @@ COMMAND_DEFAULTS = {
     "finetune": {"name": "finetune", "method": "finetune", "data": TARGET_9, "train": {"steps": 300}},
     "reprogram": {"name": "reprogram", "method": "reprogram", "data": TARGET_9, "train": {"steps": 300}},
     "baseline": {"name": "baseline", "method": "transfergan", "data": TARGET_9, "train": {"steps": 300}},
+    "mine-multi": {"name": "mine_multi", "method": "minegan_multi", "data": TARGET_9, "train": {"steps": 300}},
+    "fuse": {"name": "fuse", "method": "fuse", "train": {"steps": 2000}},
 }
-METHODS_OF = {"mine": ("minegan_noft", "minegan"), "finetune": ("finetune",), "reprogram": ("reprogram",),
-              "baseline": ("transfergan", "freezed", "scratch"), "pretrain": ("scratch",)}
+METHODS_OF = {"mine": ("minegan_noft", "minegan", "minegan_pp"), "finetune": ("finetune",), "reprogram": ("reprogram",),
+              "baseline": ("transfergan", "freezed", "scratch", "transfergan_pp"), "pretrain": ("scratch",),
+              "mine-multi": ("minegan_multi",), "fuse": ("fuse",)}
 
 
 def _train_command(cmd, args):
@@ -47,7 +50,7 @@ def _sample(args):
     import torch
 
     from .images import save_grid
-    from .models import load_sampler
+    from .multi import load_any_sampler as load_sampler  # single, multi-generator or fused files
 
     sampler = load_sampler(args.model, device=args.device)
     x = sampler.sample(args.n, seed=args.seed, device=args.device)
@@ -74,18 +77,39 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="samples.png", help=".png grid or .pt tensor")
     p.add_argument("--device", default="cpu")
-    p = sub.add_parser("demo", help="pretrain a digits 0-8 source (cached), mine it for digit 9")
+    p = sub.add_parser("demo", help="digits 0-8 source (cached) -> 100 nines: all methods compared in OUT/report.md")
     p.add_argument("--quick", action="store_true", help="tiny settings (about a minute)")
     p.add_argument("--out", default="runs/demo")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="first seed")
+    p.add_argument("--seeds", type=int, default=1, help="number of seeds (3 gives mean ± std)")
+    p.add_argument("--methods", nargs="+", default=None, help="subset of methods to run")
+    p.add_argument("--steps", type=int, default=None, help="generator updates per method")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads per run (1 is fastest on a shared 2-core box)")
+    p.add_argument("--jobs", type=int, default=1, help="runs trained in parallel processes (e.g. the core count)")
+    p = sub.add_parser("eval", help="score a run folder and write RUN_DIR/report.md")
+    p.add_argument("run_dir")
+    p.add_argument("--extractor", default="digits", choices=["digits", "inception"])
+    p.add_argument("--inception-weights", default=None, help="local Inception-v3 weights file (never downloaded)")
+    p.add_argument("--target-class", default="auto", help="class for the target share (default: the single digits label)")
+    p.add_argument("--repeats", type=int, default=5, help="sample draws averaged")
     args = parser.parse_args(argv)
     try:
         if args.command == "sample":
             _sample(args)
         elif args.command == "demo":
-            from .demo import run_demo
+            from .demo import DEMO_METHODS, run_demo
 
-            run_demo(out=args.out, quick=args.quick, seed=args.seed)
+            run_demo(out=args.out, quick=args.quick, seed=args.seed, seeds=args.seeds, steps=args.steps,
+                     methods=args.methods or DEMO_METHODS, threads=args.threads, jobs=args.jobs)
+        elif args.command == "eval":
+            from .evaluation import evaluate_run
+
+            tc = args.target_class
+            tc = None if tc in ("none", "None") else (tc if tc == "auto" else int(tc))
+            res = evaluate_run(args.run_dir, extractor=args.extractor, inception_weights=args.inception_weights,
+                               target_class=tc, repeats=args.repeats)
+            print(f"wrote {res['report']}: " + ", ".join(
+                f"{k} {v:.4g}" for k, v in res["metrics"].items() if k in ("fid", "kmmd", "mv", "target_share")))
         else:
             _train_command(args.command, args)
     except (ConfigError, ValueError, FileNotFoundError, FileExistsError, FloatingPointError) as e:

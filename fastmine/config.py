@@ -43,6 +43,7 @@ class SourceConfig:
     arch: Optional[str] = None       # "package.module:function" building the generator for a plain state dict
     latent_spec: Optional[dict] = None  # {"z": {"shape": [128], "prior": "normal"}} when not self-described
     allow_pickle: bool = False       # allow pickled checkpoints (runs code from the file)
+    generators: Optional[list] = None  # mine-multi / fuse: several generator files
 
 
 @dataclass
@@ -51,7 +52,7 @@ class MinerConfig:
     seed_dist: Optional[str] = None  # normal | uniform (default per method)
     hidden: Optional[int] = None     # default: max(latent size, seed_dim)
     layers: int = 2                  # the paper's MNIST miner: two FC layers of |z|
-    init: str = "residual"           # residual | normal (the paper's N(0, 0.01)); see README
+    init: str = "normal"             # normal (the paper's N(0, 0.01)) | residual (starts at the prior); README: measured
     module: Optional[str] = None     # "package.module:function" returning your own miner module
 
 
@@ -68,7 +69,7 @@ class TrainConfig:
     lr: Optional[float] = None       # sampler side (miner / generator)
     critic_lr: Optional[float] = None
     betas: Optional[list] = None
-    freeze_critic_blocks: int = 2    # FreezeD: leading critic blocks kept frozen
+    freeze_critic_blocks: Optional[int] = None  # FreezeD: leading critic blocks kept frozen (default: half)
     impl: str = "auto"               # kernels: auto | triton | torch
     log_every: int = 10
     sample_every: int = 250
@@ -76,6 +77,30 @@ class TrainConfig:
     keep_checkpoints: int = 2
     grid_size: int = 64              # samples per grid
     progress: bool = True
+    # multi-generator mining (MineGAN++ §3.3)
+    selector_rule: str = "permute"   # permute (eq. 9-10) | max (eq. 5-8)
+    selector_window: int = 1000      # minibatches averaged into the selector π
+    selection_path: str = "fast"     # fast (score without autograd, re-run the chosen) | naive
+    # sparse subnetwork selection S³ (§3.4.2), methods minegan_pp / transfergan_pp
+    s3_p: float = 0.3                # θ_w: score at the top-p quantile of all critic weights
+    s3_theta_f: int = 6              # θ_f: a filter trains when ≥ θ_f of its weights score ≥ θ_w
+    s3_samples: int = 512            # target images the scores are computed on (at most)
+    # fusion (§4.2): region i of the fused prior is N(fusion_spacing·e_i, fusion_sigma²·I)
+    fusion_spacing: float = 4.0
+    fusion_sigma: float = 1.0
+    fusion_label_critic: bool = True # the critic sees the region index (see fastmine.fusion)
+    # random streams the global batch is split into (default: one per process); fix it to
+    # get the same numbers at any world size (fastmine.distributed)
+    streams: Optional[int] = None
+
+
+@dataclass
+class DistConfig:
+    """Placement across processes (launch/README.md); one process ignores it but `shard`."""
+    shard: str = "none"              # frozen generator: none (replicated) | fsdp2 | zero3 | auto (from the accelerate YAML)
+    backend: str = "auto"            # auto (gloo on CPU, nccl on GPU) | gloo | nccl
+    timeout_s: float = 600.0         # a collective waiting longer raises (a peer died) instead of hanging
+    deepspeed_config: Optional[str] = None  # shard=zero3: a DeepSpeed JSON (launch/deepspeed/zero3.json)
 
 
 @dataclass
@@ -90,6 +115,7 @@ class RunConfig:
     source: SourceConfig = field(default_factory=SourceConfig)
     miner: MinerConfig = field(default_factory=MinerConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    dist: DistConfig = field(default_factory=DistConfig)
 
     @property
     def run_dir(self) -> Path:

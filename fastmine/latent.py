@@ -54,6 +54,9 @@ class LatentSpec(OrderedDict):
         if not self:
             raise ValueError("a latent spec needs at least one latent")
 
+    def __reduce__(self):  # copy/deepcopy/pickle rebuild through __init__, which refuses an empty spec
+        return (self.__class__, (dict(self),))
+
     @classmethod
     def single(cls, dim: int, prior: str = "normal", name: str = "z") -> "LatentSpec":
         return cls({name: Latent((dim,), prior)})

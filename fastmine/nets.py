@@ -75,11 +75,10 @@ class MLPGenerator(nn.Module):
 class MLPCritic(nn.Module):
     def __init__(self, in_dim=2, width=64, depth=3):
         super().__init__()
-        self.net = _mlp(in_dim, width, 1, depth, lambda: nn.LeakyReLU(0.2))
-        self.blocks = self.net  # FreezeD freezes the leading blocks
+        self.blocks = _mlp(in_dim, width, 1, depth, lambda: nn.LeakyReLU(0.2))  # FreezeD freezes the leading ones
 
     def forward(self, x):
-        return self.net(x.flatten(1)).squeeze(1)
+        return self.blocks(x.flatten(1)).squeeze(1)
 
 
 def _mlp(d_in, width, d_out, depth, act):

@@ -87,7 +87,16 @@ class Trainer:
         self.seed = seed
         # one random stream per rank, on the training device: seeds, batches and ε all come
         # from it, so a resumed run replays exactly what an uninterrupted one would draw
-        self.rng = torch.Generator(self.device).manual_seed(seed * 1_000_003 + self.rank)
+        # (several streams per rank when train.streams > world: the global batch is the same
+        # whatever the number of processes, fastmine.distributed explains)
+        from . import distributed
+
+        self.streams, self.stream_batch = distributed.stream_layout(
+            getattr(cfg, "streams", None), self.world, self.rank, cfg.batch_size)
+        self.rngs = distributed.make_streams(seed, self.streams, self.device)
+        self.rng = self.rngs[0]
+        if self.world > 1:  # replicated parts start identical on every rank (what DDP does)
+            distributed.broadcast_params_(list(self.critic.parameters()) + [p for g in self.groups for p in g.params()])
         self.grid_seeds = sampler.draw_seeds(cfg.grid_size, torch.Generator(self.device).manual_seed(seed + 12345), self.device)
         # lazy regularisation (StyleGAN2 §B): the penalty every k-th critic step, scaled by k,
         # with Adam's lr and betas adjusted so the overall step size is unchanged
@@ -98,6 +107,7 @@ class Trainer:
         self.opt_sampler = torch.optim.Adam(
             [{"params": g.params(), "lr": g.lr or cfg.lr} for g in self.groups], lr=cfg.lr, betas=tuple(cfg.betas))
         self.state = TrainState()
+        self._step_t = torch.zeros((), dtype=torch.long, device=self.device)
         self._reset_stats()
         self._active = None
 
@@ -117,7 +127,8 @@ class Trainer:
         self.state.stats[term] += v
         i = TERMS.index(term)
         bad = self.state.stats["first_bad"]
-        bad[i] = torch.where((bad[i] < 0) & ~torch.isfinite(v), torch.tensor(step, device=self.device), bad[i])
+        # self._step_t holds `step` on the device (fill_ in the loop): no host-to-device copy here
+        bad[i] = torch.where((bad[i] < 0) & ~torch.isfinite(v), self._step_t, bad[i])
 
     def _check_finite(self):
         bad = self.state.stats["first_bad"].tolist()
@@ -136,6 +147,12 @@ class Trainer:
                 g.activate(a)
             self._active = active
 
+    def _draw(self, draw):
+        """``draw(n, generator)`` from every random stream of this rank, concatenated."""
+        if len(self.rngs) == 1:
+            return draw(self.cfg.batch_size, self.rng)
+        return torch.cat([draw(self.stream_batch, g) for g in self.rngs])
+
     def _sync_grads(self, params):
         if self.world == 1:
             return
@@ -151,15 +168,15 @@ class Trainer:
     def critic_step(self, step, critic_iter):
         cfg = self.cfg
         B = cfg.batch_size
-        real = self.data.batch(B, self.rng)
+        real = self._draw(self.data.batch)
         with torch.no_grad():
-            fake = self.sampler(self.sampler.draw_seeds(B, self.rng, self.device))
+            fake = self.sampler(self._draw(lambda n, g: self.sampler.draw_seeds(n, g, self.device)))
         scores = self.critic(torch.cat([real, fake]))  # one pass: no batch norm, so rows are independent
         d_real, d_fake = scores[:B], scores[B:]
         loss = critic_loss(d_fake, d_real)
         self._track("wasserstein", d_real.mean() - d_fake.mean(), step)
         if cfg.gp_weight > 0 and critic_iter % max(1, cfg.gp_every) == 0:
-            eps = torch.rand(B, generator=self.rng, device=self.device)
+            eps = self._draw(lambda n, g: torch.rand(n, generator=g, device=self.device))
             penalty, grad_norm = gradient_penalty(
                 self.critic, real, fake, weight=cfg.gp_weight * max(1, cfg.gp_every), center=cfg.gp_center,
                 one_sided=cfg.gp_one_sided, eps=eps, impl=cfg.impl)
@@ -179,7 +196,7 @@ class Trainer:
         for p in self.critic_params:
             p.requires_grad_(False)  # no critic gradients are needed for the sampler's loss
         try:
-            fake = self.sampler(self.sampler.draw_seeds(B, self.rng, self.device))
+            fake = self.sampler(self._draw(lambda n, g: self.sampler.draw_seeds(n, g, self.device)))
             loss = sampler_loss(self.critic(fake))
             self.opt_sampler.zero_grad(set_to_none=True)
             loss.backward()
@@ -208,6 +225,7 @@ class Trainer:
         t0 = time.perf_counter()
         last = {}
         for step in range(start, cfg.steps):
+            self._step_t.fill_(step)
             self._set_phase(step)
             for i in range(cfg.n_critic):
                 self.critic_step(step, step * cfg.n_critic + i)
@@ -218,8 +236,8 @@ class Trainer:
                 last = self._log(done, time.perf_counter() - t0)
                 if progress:
                     progress.set_postfix(W=f"{last['wasserstein']:.3f}", gp=f"{last['penalty']:.3f}")
-            if self.run_dir and self.is_main and (done % cfg.sample_every == 0 or done == cfg.steps):
-                self.save_samples(done)
+            if self.run_dir and (done % cfg.sample_every == 0 or done == cfg.steps):
+                self.save_samples(done)  # every rank: a sharded generator's forward is a collective
             if self.run_dir and (done % cfg.checkpoint_every == 0 or done == cfg.steps):
                 self.save_checkpoint()
             if progress:
@@ -230,6 +248,12 @@ class Trainer:
 
     def _log(self, step, elapsed):
         s = self.state.stats
+        if self.world > 1:  # the logged numbers are the means over all ranks (one collective)
+            from . import distributed
+
+            terms = [s[t] for t in TERMS] + [s["n_critic"], s["n_sampler"], s["n_penalty"]]
+            distributed.all_reduce_mean_(terms)
+            distributed.all_reduce_max_(s["first_bad"])
         self._check_finite()
         nc, ns, npen = (max(1.0, s[k].item()) for k in ("n_critic", "n_sampler", "n_penalty"))
         row = {"step": step, "loss_critic": s["loss_critic"].item() / nc, "loss_sampler": s["loss_sampler"].item() / ns,
@@ -250,6 +274,8 @@ class Trainer:
         with torch.no_grad():
             images = self.sampler(self.grid_seeds)
         self.sampler.train(was)
+        if not self.is_main:
+            return None
         real = self.data.data[:512] if images.ndim == 2 else None
         return save_grid(images, self.run_dir / "samples" / f"step_{step:07d}.png", real=real)
 
@@ -264,16 +290,21 @@ class Trainer:
         Each file is written under a temporary name and renamed; latest.json moves last, so a
         kill at any moment leaves it pointing at a complete checkpoint."""
         self._check_finite()  # never save weights that went through a NaN step
+        from . import distributed
+
+        # every stream's state, in stream order, so any world size can resume them
+        rngs = [t for per_rank in distributed.all_gather_objects([g.get_state() for g in self.rngs]) for t in per_rank]
         if not self.is_main:
             return
         step = self.state.step
         d = self.ckpt_dir
         d.mkdir(parents=True, exist_ok=True)
-        tensors = {f"sampler.{k}": v for k, v in self.sampler.state_dict().items()}
+        # a sharded generator is frozen and left out: it loads from its own file (DESIGN.md §7)
+        tensors = {f"sampler.{k}": v for k, v in distributed.checkpoint_state(self.sampler).items()}
         tensors |= {f"critic.{k}": v for k, v in self.critic.state_dict().items()}
         atomic_save_safetensors(tensors, d / f"ckpt-{step:07d}.safetensors", {"step": str(step)})
         state = {"step": step, "opt_critic": self.opt_critic.state_dict(), "opt_sampler": self.opt_sampler.state_dict(),
-                 "rng": self.rng.get_state(), "torch_rng": torch.get_rng_state(),
+                 "rng": self.rng.get_state(), "rngs": rngs, "torch_rng": torch.get_rng_state(),
                  "stats": {k: v.cpu() for k, v in self.state.stats.items()}}
         _atomic_torch_save(state, d / f"ckpt-{step:07d}.state.pt")
         _atomic_write_text(d / "latest.json", json.dumps({"step": step}))
@@ -294,12 +325,27 @@ class Trainer:
         if not state_path.is_file():
             raise FileNotFoundError(f"checkpoint state {str(state_path)!r} is missing; the checkpoint is incomplete")
         state = torch.load(state_path, map_location="cpu", weights_only=True)
-        self.sampler.load_state_dict({k[8:]: v for k, v in tensors.items() if k.startswith("sampler.")})
+        from . import distributed
+
+        # the generator may be missing (written sharded) or present (written unsharded): a
+        # frozen generator comes from its own file either way
+        frozen_generator = getattr(getattr(self.sampler, "generator", None), "frozen", False)
+        distributed.load_checkpoint_state(self.sampler, {k[8:]: v for k, v in tensors.items() if k.startswith("sampler.")},
+                                          omitted_prefix="generator." if frozen_generator else None)
         self.critic.load_state_dict({k[7:]: v for k, v in tensors.items() if k.startswith("critic.")})
         self._set_phase(step)  # the parameters that train at this step must be the optimizer's
         self.opt_critic.load_state_dict(state["opt_critic"])
         self.opt_sampler.load_state_dict(state["opt_sampler"])
-        self.rng.set_state(state["rng"])
+        rngs = state.get("rngs") or [state["rng"]]
+        if len(rngs) == self.world * len(self.rngs):
+            for g, i in zip(self.rngs, self.streams):
+                g.set_state(rngs[i])
+        else:  # another number of streams: fresh ones, decorrelated from the run's start
+            self.rngs = distributed.make_streams(self.seed + 7919 * (step + 1), self.streams, self.device)
+            self.rng = self.rngs[0]
+            if self.is_main:
+                print(f"resuming {len(rngs)} random stream(s) as {self.world * len(self.rngs)}: the run continues "
+                      "on fresh streams (set train.streams to resume on the same numbers)")
         torch.set_rng_state(state["torch_rng"])
         self.state.step = step
         self.state.stats = {k: v.to(self.device) for k, v in state["stats"].items()}

@@ -14,7 +14,6 @@ def test_gradients_reach_miner_through_frozen_generator(digits_source):
     loss = sampler(sampler.draw_seeds(8)).square().mean()
     loss.backward()
     assert all(p.grad is None for p in G.parameters())
-    # the residual init zeroes the last layer: its gradient is what must be non-zero
     last = miner.heads["z"][-1]
     assert last.weight.grad is not None and last.weight.grad.abs().sum() > 0
 
@@ -23,21 +22,22 @@ def test_generator_bit_identical_after_mining(digits_source, tmp_path):
     G = fm.load_generator(digits_source)
     before = {k: v.clone() for k, v in G.module.state_dict().items()}  # weights and batch-norm statistics
     target = fm.load_digits(labels=[9], limit=50, size=8)
-    result = fm.mine(G, target, steps=15, progress=False, run_dir=tmp_path / "run")
+    miner = fm.Miner(G.latent_spec)
+    miner_before = [p.clone() for p in miner.parameters()]
+    result = fm.mine(G, target, miner=miner, steps=15, progress=False, run_dir=tmp_path / "run")
     after = result.sampler.generator.module.state_dict()
     assert before.keys() == after.keys()
     for k in before:
         assert torch.equal(before[k], after[k]), f"generator tensor {k} changed during mining"
-    miner_moved = any(p.abs().sum() > 0 for p in result.sampler.miner.heads["z"][-1].parameters())
-    assert miner_moved
+    assert all(not torch.equal(a, b) for a, b in zip(miner_before, result.sampler.miner.parameters()))
 
 
 def test_mining_moves_samples_to_the_target_class(digits_source):
     """Source trained on digits 0-8; target: 100 images of 9 (MineGAN's off-manifold MNIST).
 
     A classifier fitted here on the raw 8x8 digits judges the samples. Measured when this
-    test was written: the source's share of "9" was 0.028 and the mined sampler's 0.365 after
-    200 mining steps (0.75 with a source pretrained for 600 steps instead of 400)."""
+    test was written: the source's share of "9" was 0.028 and the mined sampler's 0.634
+    (paper's miner init, 300 mining steps; 0.365 with the residual init after 200)."""
     from sklearn.datasets import load_digits
     from sklearn.linear_model import LogisticRegression
 
