@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -205,18 +204,11 @@ def train(generator, target, *, method="minegan_noft", miner=None, critic=None, 
     elif m.generator_trains == "after_mining":
         groups.append(ParamGroup("generator", adapter, tcfg.mine_steps))
 
-    run_dir = Path(run_dir) if run_dir else None
-    if run_dir is not None:
-        _check_run_dir(run_dir, resume)  # every rank checks before rank 0 creates anything
-        distributed.barrier()
-    if run_dir is not None and distributed.rank() == 0:
-        _prepare_run_dir(run_dir, resume)
-        if rc is not None:
-            if run_config is not None:
-                run_config.train, run_config.miner = tcfg, miner_cfg
-            dump_config(run_config or rc, run_dir / "config.yaml")
-        if s3_masks is not None:
-            s3_masks.save(run_dir / "s3_masks.json")  # per-layer trainable fractions (Fig. 11b)
+    if run_config is not None:
+        run_config.train, run_config.miner = tcfg, miner_cfg
+    run_dir = open_run_dir(run_dir, resume, run_config or rc)
+    if run_dir is not None and s3_masks is not None and distributed.rank() == 0:
+        s3_masks.save(run_dir / "s3_masks.json")  # per-layer trainable fractions (Fig. 11b)
     trainer = Trainer(sampler, critic_module, target, tcfg, groups, critic_params=critic_params, run_dir=run_dir,
                       seed=seed, device=device, accelerator=accelerator, callbacks=callbacks)
     metrics = trainer.fit(resume=resume)
@@ -239,7 +231,14 @@ def _has_critic(path):
     return bool(info and "critic" in info)
 
 
-def _check_run_dir(run_dir: Path, resume: bool):
+def open_run_dir(run_dir, resume: bool, config) -> Path | None:
+    """Check the run folder on every rank, then let rank 0 alone create it and write the
+    resolved config. Refuses to touch an existing run unless resuming it."""
+    from . import distributed
+
+    if run_dir is None:
+        return None
+    run_dir = Path(run_dir)
     ckpt = run_dir / "checkpoints" / "latest.json"
     if resume:
         if not ckpt.is_file():
@@ -247,17 +246,12 @@ def _check_run_dir(run_dir: Path, resume: bool):
     elif run_dir.exists() and any(run_dir.iterdir()):
         raise FileExistsError(f"run folder {str(run_dir)!r} already exists; pass --resume to continue it, "
                               "or choose another name (name=...) — nothing was overwritten")
-
-
-def _prepare_run_dir(run_dir: Path, resume: bool):
-    ckpt = run_dir / "checkpoints" / "latest.json"
-    if resume:
-        if not ckpt.is_file():
-            raise FileNotFoundError(f"--resume: {str(run_dir)!r} has no checkpoint (checkpoints/latest.json)")
-    elif run_dir.exists() and any(run_dir.iterdir()):
-        raise FileExistsError(f"run folder {str(run_dir)!r} already exists; pass --resume to continue it, "
-                              "or choose another name (name=...) — nothing was overwritten")
-    run_dir.mkdir(parents=True, exist_ok=True)
+    distributed.barrier()  # no rank may see the folder rank 0 is about to create
+    if distributed.rank() == 0:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if config is not None:
+            dump_config(config, run_dir / "config.yaml")
+    return run_dir
 
 
 def mine(generator, target, **kwargs) -> Result:
@@ -284,13 +278,14 @@ def run_config(cfg: RunConfig, resume=False, callbacks=()) -> Result:
     fill_defaults(cfg)
     from . import distributed
 
-    if get_method(cfg.method).kind in ("multi", "fuse") and distributed.launched_world_size() > 1:
-        # not wired to a process group yet: every process would train alone into the same folder
+    if get_method(cfg.method).kind == "fuse" and distributed.launched_world_size() > 1:
+        # fusion's pseudo-real data is not split across ranks yet: every process would train alone
         raise ValueError(f"method {cfg.method!r} runs in one process for now; launch it without torchrun")
     if get_method(cfg.method).kind == "multi":
         from .multi import run_multi_config
 
-        return run_multi_config(cfg, resume=resume, callbacks=callbacks)
+        return run_multi_config(cfg, resume=resume, callbacks=callbacks,
+                                accelerator=distributed.setup(cfg.dist, cfg.device))
     if get_method(cfg.method).kind == "fuse":
         from .fusion import run_fuse_config
 

@@ -86,6 +86,8 @@ def main(argv=None):
     p.add_argument("--steps", type=int, default=None, help="generator updates per method")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads per run (1 is fastest on a shared 2-core box)")
     p.add_argument("--jobs", type=int, default=1, help="runs trained in parallel processes (e.g. the core count)")
+    p.add_argument("--multi", action="store_true",
+                   help="the two-generator task instead (sources on 0-4 / 5-9, a 1/7 target): OUT/report_multi.md")
     p = sub.add_parser("eval", help="score a run folder and write RUN_DIR/report.md")
     p.add_argument("run_dir")
     p.add_argument("--extractor", default="digits", choices=["digits", "inception"])
@@ -96,6 +98,10 @@ def main(argv=None):
     try:
         if args.command == "sample":
             _sample(args)
+        elif args.command == "demo" and args.multi:
+            from .demo_multi import run_demo_multi
+
+            run_demo_multi(out=args.out, quick=args.quick, seed=args.seed, steps=args.steps, jobs=args.jobs)
         elif args.command == "demo":
             from .demo import DEMO_METHODS, run_demo
 

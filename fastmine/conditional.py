@@ -115,9 +115,7 @@ def pretrain_conditional(images, labels, *, num_classes=None, latent_dim=32, emb
     tcfg = dataclasses.replace(TrainConfig(), **{**defaults, **train_kwargs})
     sampler = _LabelledSampler(adapter, num_classes)
     real = attach_labels(images, labels, num_classes)
-    run_dir = Path(run_dir) if run_dir else None
-    if run_dir is not None:
-        api._prepare_run_dir(run_dir, False)
+    run_dir = api.open_run_dir(run_dir, False, None)
     trainer = Trainer(sampler, critic, real, tcfg, [ParamGroup("generator", adapter, 0)], run_dir=run_dir,
                       seed=seed, device=device, callbacks=callbacks)
     metrics = trainer.fit()

@@ -173,7 +173,6 @@ def report_from_runs(out="runs/demo", quick=False, overrides=()):
 def heldout_target():
     """The digit-9 images of scikit-learn's digits that are *not* in the 100-image target set
     (80 of 180). FID against the training images rewards memorising them; these do not."""
-    import torch
 
     from .config import DataConfig
     from .data import load_data

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -155,7 +154,7 @@ def fuse(generators, *, init_from: int = 0, critic=None, spacing=None, sigma=Non
     sampler is a :class:`FusedSampler` (unlabelled). ``spacing`` / ``sigma`` / ``label_critic``
     default to ``train.fusion_spacing`` / ``fusion_sigma`` / ``fusion_label_critic``."""
     from . import api
-    from .config import ModelConfig, RunConfig, TrainConfig, dump_config, from_dict
+    from .config import ModelConfig, RunConfig, TrainConfig, from_dict
     from .methods import fill_defaults
     from .nets import build_critic
     from .trainer import ParamGroup, Trainer
@@ -197,12 +196,9 @@ def fuse(generators, *, init_from: int = 0, critic=None, spacing=None, sigma=Non
         critic_module = build_critic(critic_build["arch"])
     critic_module = critic_module.to(device)
     groups = [ParamGroup("generator", fused, 0)]
-    run_dir = Path(run_dir) if run_dir else None
-    if run_dir is not None:
-        api._prepare_run_dir(run_dir, resume)
-        if run_config is not None:
-            run_config.train = tcfg
-        dump_config(run_config or rc, run_dir / "config.yaml")
+    if run_config is not None:
+        run_config.train = tcfg
+    run_dir = api.open_run_dir(run_dir, resume, run_config or rc)
     trainer = Trainer(sampler, critic_module, data, tcfg, groups, run_dir=run_dir, seed=seed, device=device,
                       callbacks=callbacks)
     metrics = trainer.fit(resume=resume)

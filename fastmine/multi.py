@@ -39,7 +39,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -312,7 +311,7 @@ def load_any_sampler(path, device="cpu"):
 # --------------------------------------------------------------------------- training
 def mine_multi(generators, target, *, critic=None, rule=None, window=None, path=None, run_dir=None, seed=0,
                device=None, miner_cfg=None, model_cfg=None, train_cfg=None, resume=False, callbacks=(),
-               run_config=None, allow_pickle=False, **train_kwargs):
+               run_config=None, allow_pickle=False, accelerator=None, **train_kwargs):
     """MineGAN(multi): one miner per frozen generator, critic-max selection, the selector π.
 
     generators: a list of :class:`GeneratorAdapter` or paths / factories for
@@ -324,7 +323,7 @@ def mine_multi(generators, target, *, critic=None, rule=None, window=None, path=
         ``selection_path`` of the config (permute / 1000 / fast).
     """
     from . import api
-    from .config import MinerConfig, ModelConfig, RunConfig, TrainConfig, dump_config, from_dict
+    from .config import MinerConfig, ModelConfig, RunConfig, TrainConfig, from_dict
     from .methods import fill_defaults
     from .nets import build_critic
     from .trainer import ParamGroup, Trainer
@@ -380,14 +379,13 @@ def mine_multi(generators, target, *, critic=None, rule=None, window=None, path=
     critic_module = critic_module.to(device)
 
     groups = [ParamGroup(f"miner{i}", s.miner, 0) for i, s in enumerate(samplers)]
-    run_dir = Path(run_dir) if run_dir else None
-    if run_dir is not None:
-        api._prepare_run_dir(run_dir, resume)
-        if run_config is not None:
-            run_config.train, run_config.miner = tcfg, miner_cfg
-        dump_config(run_config or rc, run_dir / "config.yaml")
+    if run_config is not None:
+        run_config.train, run_config.miner = tcfg, miner_cfg
+    run_dir = api.open_run_dir(run_dir, resume, run_config or rc)
+    # with several processes the trainer averages gradients and the sampler all-reduces the
+    # selector's win counts, so π is the frequency over all ranks' supersamples
     trainer = Trainer(sampler, critic_module, target, tcfg, groups, run_dir=run_dir, seed=seed, device=device,
-                      callbacks=[selector_log, *callbacks])
+                      accelerator=accelerator, callbacks=[selector_log, *callbacks])
     metrics = trainer.fit(resume=resume)
     sampler.eval()
     if run_dir is not None and trainer.is_main:
@@ -400,7 +398,7 @@ def mine_multi(generators, target, *, critic=None, rule=None, window=None, path=
     return api.Result(sampler, critic_module, metrics, run_dir)
 
 
-def run_multi_config(cfg, resume=False, callbacks=()):
+def run_multi_config(cfg, resume=False, callbacks=(), accelerator=None):
     """`fastmine mine-multi`: ``source.generators`` mined for ``data``."""
     from .data import load_data
 
@@ -411,4 +409,4 @@ def run_multi_config(cfg, resume=False, callbacks=()):
     data = load_data(cfg.data)
     return mine_multi(gens, data, critic=src.critic, run_dir=cfg.run_dir, seed=cfg.seed, device=cfg.device,
                       miner_cfg=cfg.miner, model_cfg=cfg.model, train_cfg=cfg.train, resume=resume,
-                      callbacks=callbacks, run_config=cfg, allow_pickle=src.allow_pickle)
+                      callbacks=callbacks, run_config=cfg, allow_pickle=src.allow_pickle, accelerator=accelerator)

@@ -4,7 +4,6 @@ from __future__ import annotations
 import math
 import os
 import platform
-import sys
 from pathlib import Path
 
 COLUMNS = (("fid", "FID ↓", "{:.2f}"), ("kmmd", "KMMD ↓", "{:.4f}"), ("mv", "MV", "{:.3f}"),

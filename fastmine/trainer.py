@@ -10,7 +10,6 @@ backward, DESIGN.md §7).
 from __future__ import annotations
 
 import json
-import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -156,13 +155,18 @@ class Trainer:
     def _sync_grads(self, params):
         if self.world == 1:
             return
-        grads = [p.grad for p in params if p.grad is not None]
-        if not grads:
+        # every rank must reduce the same layout: a parameter that got no gradient on this rank
+        # (a generator none of whose candidates won here) contributes zeros
+        params = [p for p in params if p.requires_grad]
+        if not params:
             return
-        flat = torch.cat([g.flatten() for g in grads])
+        flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).flatten() for p in params])
         torch.distributed.all_reduce(flat)
         flat /= self.world
-        torch.nn.utils.vector_to_parameters(flat, grads)  # writes the averages back into the .grad tensors
+        offset = 0
+        for p in params:
+            p.grad = flat[offset: offset + p.numel()].view_as(p)
+            offset += p.numel()
 
     # ------------------------------------------------------------------ steps
     def critic_step(self, step, critic_iter):
@@ -192,7 +196,6 @@ class Trainer:
         self.opt_critic.step()
 
     def sampler_step(self, step):
-        B = self.cfg.batch_size
         for p in self.critic_params:
             p.requires_grad_(False)  # no critic gradients are needed for the sampler's loss
         try:

@@ -7,7 +7,7 @@ from fastmine.conditional import (BigGANAdapterModule, FACTORY_BIGGAN, condition
                                   load_biggan, pretrain_conditional)
 from fastmine.config import ModelConfig
 from fastmine.miner import Miner
-from fastmine.models import GeneratorAdapter, Sampler
+from fastmine.models import Sampler
 
 
 @pytest.fixture(autouse=True)

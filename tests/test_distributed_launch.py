@@ -194,3 +194,28 @@ def test_shipped_configs_are_valid():
 
     cfg = load_config(ROOT / "launch" / "configs" / "mine_1b.yaml")
     assert cfg.dist.shard == "fsdp2" and cfg.train.streams == 2
+
+
+def test_mine_multi_with_two_processes_all_reduces_the_selector(source, tmp_path):
+    """Two ranks mine two generators: every minibatch's win counts in the selector window
+    cover both ranks' supersamples (K per rank x 2 ranks), and rank 0 alone writes the run."""
+    from safetensors.torch import load_file
+
+    args = mine_args(source, tmp_path, "multi", steps=3, batch_size=4, **{"train.selector_window": 50})
+    args = [a for a in args if not a.startswith(("source.generator=", "train.streams="))]
+    cmd = [*TORCHRUN, "--nproc-per-node=2", "--master-addr=127.0.0.1", f"--master-port={free_port()}",
+           "-m", "fastmine.cli", "mine-multi", f"source.generators=[{source},{source}]", *args]
+    out = subprocess.run(cmd, env=env(), cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    run = tmp_path / "multi"
+    assert [r["step"] for r in metrics(run)] == [1, 2, 3]  # one writer
+    window = load_file(str(run / "model.safetensors"))["selector_window"]
+    rows = window[window.sum(1) > 0]
+    assert len(rows) >= 3
+    assert torch_equal_all(rows.sum(1), 2 * 4.0)
+    pi = json.loads((run / "selector.json").read_text())["selector_probs"]
+    assert abs(sum(pi) - 1) < 1e-6
+
+
+def torch_equal_all(values, expected):
+    return bool((values == expected).all())

@@ -1,5 +1,4 @@
 """Bad input: a clear error naming the problem and the fix, and nothing changed on disk."""
-import json
 
 import pytest
 import torch

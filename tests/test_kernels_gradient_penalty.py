@@ -1,7 +1,5 @@
 """gradient_penalty_from_grad: Triton kernels (interpreter on CPU) against the eager
 reference, a float64 hand computation, and a full critic step through a conv net."""
-import os
-import sys
 
 import pytest
 import torch

@@ -1,6 +1,4 @@
 """interpolate: Triton kernel (interpreter on CPU) against its eager reference."""
-import os
-import sys
 
 import pytest
 import torch

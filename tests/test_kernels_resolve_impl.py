@@ -1,6 +1,5 @@
 """resolve_impl: the one switch between the Triton kernels and the eager references."""
 import os
-import sys
 
 import pytest
 import torch

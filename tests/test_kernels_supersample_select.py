@@ -1,7 +1,5 @@
 """supersample_select: the fused Triton select + gather kernels (interpreter on CPU)
 against the eager reference and hand-computed expectations."""
-import os
-import sys
 
 import pytest
 import torch

@@ -9,7 +9,7 @@ from fastmine.config import TrainConfig
 from fastmine.miner import Miner
 from fastmine.models import GeneratorAdapter, Sampler
 from fastmine.nets import DCGANCritic, MLPCritic, build_generator
-from fastmine.sparse import gradient_and_hvp, select_subnetwork, weight_of
+from fastmine.sparse import gradient_and_hvp, select_subnetwork
 from fastmine.trainer import ParamGroup, Trainer
 
 

@@ -1,7 +1,4 @@
 """A user's own generator, miner and critic on vector data: no fastmine subclass needed."""
-import subprocess
-import sys
-from pathlib import Path
 
 import torch
 

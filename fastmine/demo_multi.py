@@ -1,0 +1,291 @@
+"""``fastmine demo-multi``: the two-generator digits task (MineGAN++ §3.3 / §4.2, Table 4), offline.
+
+Two WGAN-GP sources are pretrained on the built-in digits at 16 px (cached like the single
+demo's source): A on digits {0,1,2,3,4}, B on {5,6,7,8,9}. The target holds 100 images
+mixing digit 1 (A's domain) and digit 7 (B's) at a known share of 1s.
+
+* For three shares (0.25 / 0.5 / 0.75) multi-generator mining runs with both selection
+  rules (``permute``, ``max``) and the report puts the selector π next to the true ratio
+  (the bottom rows of the paper's Table 4).
+* For share 0.5 it compares FID / KMMD / MV / target share (fraction of samples the digits
+  classifier calls 1 or 7) of: MineGAN(multi) with each rule (the same runs as above),
+  fusion + mining, MineGAN++ on source A alone and TransferGAN from A and from B (the
+  single-generator baselines), all with the same budget of generator-side updates.
+
+``OUT/report_multi.md`` holds both tables; every run keeps its folder under ``OUT/``.
+"""
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+GROUP_A = (0, 1, 2, 3, 4)
+GROUP_B = (5, 6, 7, 8, 9)
+DIGIT_A, DIGIT_B = 1, 7
+RATIOS = (0.25, 0.5, 0.75)
+METRIC_RATIO = 0.5
+RULES = ("permute", "max")
+TARGET_SIZE = 100
+SOURCE_SEED = 0
+
+
+@dataclass
+class MultiSettings:
+    source_steps: int   # pretraining of each source (cached)
+    steps: int          # generator-side updates per method (the shared budget)
+    fuse_steps: int     # fusion training before fusion + mining is mined for ``steps``
+    batch_size: int
+    repeats: int        # final evaluation: sample draws averaged (paper protocol each)
+    share_n: int        # samples classified for the realised share of 1s of each multi run
+
+
+# CPU (one torch thread, 16 px, width 32, n_critic 5): ~0.2 s per single-generator update,
+# ~2x for two generators, so a 600-step source is ~2 min and the full set ~15 min of one core.
+FULL = MultiSettings(source_steps=600, steps=200, fuse_steps=400, batch_size=64, repeats=5, share_n=500)
+QUICK = MultiSettings(source_steps=20, steps=6, fuse_steps=6, batch_size=16, repeats=1, share_n=100)
+
+
+# --------------------------------------------------------------------------- data
+def mixed_target(share_a: float, n: int = TARGET_SIZE, size: int = 16, seed: int = 0):
+    """n digits: round(n·share_a) 1s and the rest 7s (chosen at random with ``seed``)."""
+    import torch
+
+    from .data import load_digits
+
+    n_a = int(round(n * share_a))
+    parts = []
+    for digit, k in ((DIGIT_A, n_a), (DIGIT_B, n - n_a)):
+        if k:
+            parts.append(load_digits(labels=[digit], limit=k, size=size, seed=seed))
+    x = torch.cat(parts)
+    perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
+    return x[perm]
+
+
+def source_paths(steps: int) -> dict:
+    """The two cached sources {"A": path, "B": path} (pretrained on first use)."""
+    from .demo import pretrained_source
+
+    return {name: pretrained_source(steps, SOURCE_SEED, overrides=_source_overrides(group))
+            for name, group in (("A", GROUP_A), ("B", GROUP_B))}
+
+
+def _source_overrides(group):
+    return [f"data.labels=[{','.join(str(d) for d in group)}]", "model.width=32", "device=cpu",
+            "train.progress=false", "train.sample_every=100000", "train.checkpoint_every=100000"]
+
+
+def _pretrain_one(task):
+    import torch
+
+    torch.set_num_threads(1)
+    from .demo import pretrained_source
+
+    return task["name"], str(pretrained_source(task["steps"], SOURCE_SEED, overrides=task["overrides"]))
+
+
+# --------------------------------------------------------------------------- scoring
+class MixScorer:
+    """FID / KMMD / MV against one target set, plus the classifier's shares of 1s and 7s."""
+
+    def __init__(self, target):
+        from .evaluation import _Scorer
+
+        self.base = _Scorer(target, "digits")
+
+    def classes(self, fake):
+        from .metrics.scores import extract
+
+        _, logits = extract(self.base.net, fake, with_logits=True)
+        pred = logits.argmax(1)
+        n1, n7 = float((pred == DIGIT_A).sum()), float((pred == DIGIT_B).sum())
+        return {"target_share": (n1 + n7) / len(pred), "share_1": n1 / max(n1 + n7, 1.0)}
+
+    def evaluate(self, sampler, repeats, seed=0):
+        n = len(self.base.real)
+        draws = []
+        for r in range(repeats):
+            fake = sampler.sample(n, seed=seed + 1000 * r)
+            draws.append({**self.base.score(fake), **self.classes(fake)})
+        out = {k: sum(d[k] for d in draws) / len(draws) for k in ("fid", "kmmd", "mv", "target_share", "share_1")}
+        fids = [d["fid"] for d in draws]
+        m = sum(fids) / len(fids)
+        out["fid_draw_std"] = math.sqrt(sum((f - m) ** 2 for f in fids) / (len(fids) - 1)) if len(fids) > 1 else 0.0
+        return out
+
+
+# --------------------------------------------------------------------------- runs
+def _train_kwargs(s: MultiSettings, steps=None):
+    steps = steps or s.steps
+    return dict(steps=steps, batch_size=s.batch_size, log_every=max(1, min(25, steps)), sample_every=10 ** 6,
+                checkpoint_every=10 ** 6, keep_checkpoints=1, progress=False)
+
+
+def _run_task(task: dict) -> dict:
+    """One run (in a worker process): train, score, return a small JSON-able dict."""
+    import torch
+
+    torch.set_num_threads(1)
+    from . import api
+    from .fusion import fuse
+    from .models import load_generator
+
+    s = MultiSettings(**task["settings"])
+    kind, ratio, out = task["kind"], task["ratio"], Path(task["out"])
+    src = task["sources"]
+    target = mixed_target(ratio)
+    run_dir = out / task["name"]
+    shutil.rmtree(run_dir, ignore_errors=True)
+    t0 = time.perf_counter()
+    res = {"name": task["name"], "kind": kind, "ratio": ratio, "rule": task.get("rule")}
+    if kind == "multi":
+        from .multi import mine_multi
+
+        r = mine_multi([src["A"], src["B"]], target, rule=task["rule"], run_dir=run_dir, seed=task["seed"],
+                       device="cpu", **_train_kwargs(s))
+        res["pi"] = [float(p) for p in r.sampler.selector_probs.tolist()]
+        sampler = r.sampler
+    elif kind == "fusion":
+        fused = fuse([src["A"], src["B"]], run_dir=run_dir / "fuse", seed=task["seed"], device="cpu",
+                     **_train_kwargs(s, s.fuse_steps))
+        del fused
+        r = api.train(load_generator(str(run_dir / "fuse" / "model.safetensors")), target, method="minegan_noft",
+                      run_dir=run_dir / "mine", seed=task["seed"], device="cpu", **_train_kwargs(s))
+        sampler = r.sampler
+    else:  # single-generator methods from one source
+        path = src[task["source"]]
+        r = api.train(str(path), target, method=kind, critic=str(path), run_dir=run_dir, seed=task["seed"],
+                      device="cpu", **_train_kwargs(s))
+        sampler = r.sampler
+    res["train_s"] = time.perf_counter() - t0
+    sampler.eval()
+    scorer = MixScorer(target)
+    if task["score"]:
+        res["metrics"] = scorer.evaluate(sampler, s.repeats)
+    res["sample_share_1"] = scorer.classes(sampler.sample(s.share_n, seed=7))["share_1"]
+    if task.get("save_samples"):
+        from .images import save_grid
+
+        save_grid(sampler.sample(64, seed=0), out / f"samples_{task['name']}.png")
+    (run_dir / "demo_result.json").parent.mkdir(parents=True, exist_ok=True)
+    (run_dir / "demo_result.json").write_text(json.dumps(res, indent=1))
+    print(f"[demo-multi] {task['name']:<24} ({res['train_s']:.0f} s)"
+          + (f" pi={[round(p, 3) for p in res['pi']]}" if "pi" in res else "")
+          + (f" FID {res['metrics']['fid']:.2f}" if "metrics" in res else ""), flush=True)
+    return res
+
+
+LABELS = {"multi_permute": "MineGAN(multi), permute", "multi_max": "MineGAN(multi), max",
+          "fusion": "MineGAN(fusion): fusion + mining", "minegan_pp_A": "MineGAN++ (source A only)",
+          "transfergan_A": "TransferGAN (source A)", "transfergan_B": "TransferGAN (source B)"}
+
+
+def tasks_for(settings: MultiSettings, sources: dict, out: Path, seed=0) -> list[dict]:
+    base = dict(settings=asdict(settings), sources={k: str(v) for k, v in sources.items()}, out=str(out), seed=seed)
+    tasks = []
+    for ratio in RATIOS:
+        for rule in RULES:
+            tasks.append({**base, "kind": "multi", "rule": rule, "ratio": ratio, "name": f"multi_{rule}_r{ratio:g}",
+                          "score": ratio == METRIC_RATIO, "save_samples": ratio == METRIC_RATIO})
+    for name, kind, source in (("fusion", "fusion", None), ("minegan_pp_A", "minegan_pp", "A"),
+                               ("transfergan_A", "transfergan", "A"), ("transfergan_B", "transfergan", "B")):
+        tasks.append({**base, "kind": kind, "source": source, "ratio": METRIC_RATIO, "name": name, "score": True,
+                      "save_samples": True})
+    # longest first, so two workers finish together
+    order = {"fusion": 0, "multi": 1}
+    return sorted(tasks, key=lambda t: order.get(t["kind"], 2))
+
+
+def _pool_map(fn, tasks, jobs):
+    if jobs > 1 and len(tasks) > 1:
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(min(jobs, len(tasks)), mp_context=mp.get_context("spawn")) as pool:
+            return list(pool.map(fn, tasks))
+    return [fn(t) for t in tasks]
+
+
+def run_demo_multi(out="runs/demo_multi", quick=False, seed=0, jobs=1, steps=None, source_steps=None):
+    """Run the two-generator comparison and write ``OUT/report_multi.md``."""
+    import torch
+
+    torch.set_num_threads(1)
+    s = QUICK if quick else FULL
+    s = MultiSettings(**{**asdict(s), **({"steps": steps} if steps else {}),
+                         **({"source_steps": source_steps} if source_steps else {})})
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    t_start = time.perf_counter()
+    pre = [{"name": n, "steps": s.source_steps, "overrides": _source_overrides(g)}
+           for n, g in (("A", GROUP_A), ("B", GROUP_B))]
+    sources = dict(_pool_map(_pretrain_one, pre, jobs))
+    source_s = time.perf_counter() - t_start
+    results = _pool_map(_run_task, tasks_for(s, sources, out, seed), jobs)
+    timing = {"total_s": time.perf_counter() - t_start, "source_s": source_s, "jobs": jobs}
+    report = write_report(out, results, s, sources, timing, seed)
+    print(f"wrote {report}")
+    return {"report": report, "results": results, "timing": timing}
+
+
+# --------------------------------------------------------------------------- report
+def _f(x, spec=".2f"):
+    return "nan" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, spec)
+
+
+def write_report(out, results, s: MultiSettings, sources, timing, seed=0) -> Path:
+    from .report import _versions_line
+
+    out = Path(out)
+    multi = {(r["rule"], r["ratio"]): r for r in results if r["kind"] == "multi"}
+    lines = ["# fastmine demo-multi: two digits generators → a 1/7 mixture", "",
+             f"Source A: WGAN-GP on digits {list(GROUP_A)}; source B: on {list(GROUP_B)} (16 px, width 32, "
+             f"{s.source_steps} steps each, cached: `{sources['A']}`, `{sources['B']}`). "
+             f"Target: {TARGET_SIZE} images of digit {DIGIT_A} (A's domain) and {DIGIT_B} (B's) at a known share of "
+             f"{DIGIT_A}s. Budget: {s.steps} generator-side updates per method (batch {s.batch_size}, n_critic 5); "
+             f"fusion trains {s.fuse_steps} updates first, then mines for {s.steps}. Seed {seed}.", "",
+             "## Selector π vs the true ratio (cf. MineGAN++ Table 4, bottom rows)", "",
+             "π = fraction of critic-argmax wins over the last `selector_window` (1000) minibatches. "
+             "'sampled share of 1' = of the samples (π-drawn) the digits classifier calls 1 or 7, the fraction "
+             f"called 1 ({s.share_n} samples).", "",
+             "| true share of 1 : 7 | rule | π_A | π_B | sampled share of 1 |", "|---|---|---|---|---|"]
+    for ratio in RATIOS:
+        for rule in RULES:
+            r = multi.get((rule, ratio))
+            if r is None:
+                continue
+            lines.append(f"| {ratio:.2f} : {1 - ratio:.2f} | {rule} | {_f(r['pi'][0])} | {_f(r['pi'][1])} | "
+                         f"{_f(r['sample_share_1'])} |")
+    lines += ["", f"## Metrics at share {METRIC_RATIO:g} (cf. Table 4, top rows)", "",
+              f"Paper protocol against the {TARGET_SIZE}-image target ({TARGET_SIZE} samples per draw, mean of "
+              f"{s.repeats} draws; digits-classifier features). Target share = fraction of samples classified as "
+              f"{DIGIT_A} or {DIGIT_B}; share of 1 = the fraction of those called {DIGIT_A} (true: {METRIC_RATIO:g}).", "",
+              "| method | FID ↓ | (draw std) | KMMD ↓ | MV ↑ | target share ↑ | share of 1 | train s |",
+              "|---|---|---|---|---|---|---|---|"]
+    scored = [r for r in results if r.get("metrics")]
+    order = ["multi_permute", "multi_max", "fusion", "minegan_pp_A", "transfergan_A", "transfergan_B"]
+
+    def key(r):
+        name = f"multi_{r['rule']}" if r["kind"] == "multi" else r["name"]
+        return order.index(name) if name in order else 99, name
+
+    for r in sorted(scored, key=key):
+        m = r["metrics"]
+        label = LABELS.get(key(r)[1], r["name"])
+        lines.append(f"| {label} | {_f(m['fid'])} | {_f(m['fid_draw_std'])} | {_f(m['kmmd'], '.4f')} | "
+                     f"{_f(m['mv'], '.3f')} | {_f(m['target_share'])} | {_f(m['share_1'])} | {r['train_s']:.0f} |")
+    singles = [r for r in scored if r["kind"] == "transfergan"]
+    if singles:
+        best = min(singles, key=lambda r: r["metrics"]["fid"])
+        lines += ["", f"Best single-generator baseline by FID: {LABELS.get(best['name'], best['name'])}."]
+    lines += ["", f"Wall time {timing['total_s']:.0f} s ({timing['jobs']} process(es); sources {timing['source_s']:.0f} s).",
+              "", _versions_line(), ""]
+    path = out / "report_multi.md"
+    path.write_text("\n".join(lines))
+    (out / "results_multi.json").write_text(json.dumps({"settings": asdict(s), "results": results, "timing": timing},
+                                                       indent=1, default=str))
+    return path
