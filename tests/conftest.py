@@ -27,3 +27,21 @@ def digits_source(tmp_path_factory):
                       run_dir=run_dir, progress=False, checkpoint_every=10_000, sample_every=10_000,
                       model_cfg=ModelConfig(latent_dim=32, width=32))
     return result.model_path
+
+
+@pytest.fixture
+def kernel_device():
+    """Kernel tests allocate on CUDA when there is one (compiled kernels), else on the CPU
+    (Triton's interpreter)."""
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    with torch.device(device):
+        yield device
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny networks run faster on one thread than on two competing ones (measured)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

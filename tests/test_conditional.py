@@ -10,12 +10,7 @@ from fastmine.miner import Miner
 from fastmine.models import Sampler
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _heads(miner):

@@ -9,12 +9,7 @@ from fastmine.models import GeneratorAdapter, Sampler, save_sampler
 from fastmine.nets import MLPGenerator, build_generator
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def vector_source(shift, seed):

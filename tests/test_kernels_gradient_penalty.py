@@ -12,11 +12,7 @@ import fastmine_kernels as fk
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 
-@pytest.fixture(autouse=True)
-def _default_device():
-    # on a GPU machine the same tests run the compiled kernels on CUDA tensors
-    with torch.device(DEVICE):
-        yield
+pytestmark = pytest.mark.usefixtures("kernel_device")
 
 from fastmine_kernels._impl import debug_fill_outputs  # noqa: E402
 

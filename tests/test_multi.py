@@ -14,13 +14,7 @@ from fastmine.trainer import ParamGroup, Trainer
 MEANS = [[-2.0, 0.0], [2.0, 0.0], [0.0, 2.5]]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # tiny networks: a second intra-op thread only adds contention on a shared CPU
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def gauss_gen(mean, scale=0.5):

@@ -13,12 +13,7 @@ from fastmine.sparse import gradient_and_hvp, select_subnetwork
 from fastmine.trainer import ParamGroup, Trainer
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _loss_grad(critic, real):
