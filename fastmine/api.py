@@ -21,8 +21,8 @@ from .config import MinerConfig, ModelConfig, RunConfig, TrainConfig, dump_confi
 from .data import load_data
 from .methods import fill_defaults, get_method
 from .miner import Miner
-from .models import (GeneratorAdapter, Sampler, import_object, load_critic, load_generator, load_sampler,
-                     read_file, save_sampler)
+from .models import (GeneratorAdapter, Sampler, has_critic, import_object, load_critic, load_generator,
+                     load_sampler, read_info, save_sampler)
 from .nets import build_critic, build_generator, reinitialize
 from .trainer import ParamGroup, Trainer
 
@@ -167,10 +167,10 @@ def train(generator, target, *, method="minegan_noft", miner=None, critic=None, 
     if isinstance(critic, nn.Module):
         critic_module = critic
     else:
-        path = critic or (source_critic if source_critic and _has_critic(source_critic) else None)
+        path = critic or (source_critic if source_critic and has_critic(source_critic) else None)
         if path is not None and not m.fresh_critic:
             critic_module = load_critic(path, allow_pickle=allow_pickle)
-            _, info = read_file(path, allow_pickle=allow_pickle)
+            info = read_info(path)
             critic_build = info["critic"]["build"] if info and "critic" in info else None
         else:
             critic_build = {"arch": critic_arch_for(target, model_cfg)}
@@ -223,14 +223,6 @@ def train(generator, target, *, method="minegan_noft", miner=None, critic=None, 
     return Result(sampler, critic_module, metrics, run_dir)
 
 
-def _has_critic(path):
-    try:
-        _, info = read_file(path)
-    except (ValueError, FileNotFoundError):
-        return False
-    return bool(info and "critic" in info)
-
-
 def open_run_dir(run_dir, resume: bool, config) -> Path | None:
     """Check the run folder on every rank, then let rank 0 alone create it and write the
     resolved config. Refuses to touch an existing run unless resuming it."""
@@ -268,7 +260,7 @@ def reprogram(generator, target, **kwargs) -> Result:
 def finetune(mined, target, **kwargs) -> Result:
     """MineGAN's second stage: train miner, generator and critic from a mined file or Sampler."""
     sampler = load_sampler(mined) if isinstance(mined, (str, Path)) else mined
-    if isinstance(mined, (str, Path)) and kwargs.get("critic") is None and _has_critic(mined):
+    if isinstance(mined, (str, Path)) and kwargs.get("critic") is None and has_critic(mined):
         kwargs["critic"] = str(mined)
     return train(sampler, target, method="finetune", **kwargs)
 
@@ -303,7 +295,7 @@ def run_config(cfg: RunConfig, resume=False, callbacks=()) -> Result:
     elif not method.fresh_generator:
         raise ValueError(f"method {cfg.method!r} needs source.generator (a pretrained model file, e.g. from `fastmine pretrain`)")
     critic = src.critic
-    if critic is None and src.generator and _has_critic(src.generator):
+    if critic is None and src.generator and has_critic(src.generator):
         critic = src.generator
     from . import distributed
 

@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .models import GeneratorAdapter, Sampler, load_generator, load_sampler, read_file, save_sampler
+from .models import GeneratorAdapter, Sampler, load_generator, load_sampler, read_info, save_sampler
 
 
 def region_means(n: int, dim: int, spacing: float = 4.0) -> torch.Tensor:
@@ -215,7 +215,7 @@ def fuse(generators, *, init_from: int = 0, critic=None, spacing=None, sigma=Non
 
 def load_fused_sampler(path, device="cpu") -> FusedSampler:
     """A fused generator file as a sampler drawing from its mixture of regions."""
-    _, info = read_file(path)
+    info = read_info(path)
     if not info or "fusion" not in info:
         raise ValueError(f"{str(path)!r} is not a fused generator (no fusion metadata)")
     base = load_sampler(path, device=device)

@@ -274,11 +274,23 @@ def load_critic(source, arch=None, allow_pickle=False):
     return critic
 
 
-def has_critic(source) -> bool:
+def read_info(path) -> dict | None:
+    """The fastmine metadata of a safetensors file, read from its header only (no tensors)."""
+    path = Path(path)
+    if path.suffix != ".safetensors" or not path.is_file():
+        return None
+    from safetensors import safe_open
+
     try:
-        _, info = read_file(source)
-    except (ValueError, FileNotFoundError):
-        return False
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+    except Exception:
+        return None  # unreadable: the loader that needs the tensors reports it properly
+    return json.loads(meta["fastmine"]) if "fastmine" in meta else None
+
+
+def has_critic(source) -> bool:
+    info = read_info(source)
     return bool(info and "critic" in info)
 
 

@@ -49,7 +49,7 @@ from fastmine_kernels.supersample_select import RULES, supersample_select
 from .latent import draw
 from .miner import Miner
 from .models import (GeneratorAdapter, Sampler, _load_state, _part, atomic_save_safetensors, build_module,
-                     load_generator, load_sampler, read_file)
+                     has_critic, load_generator, load_sampler, read_file, read_info)
 
 PATHS = ("fast", "naive")
 
@@ -297,7 +297,7 @@ def load_multi_sampler(path, device="cpu") -> MultiSampler:
 
 def load_any_sampler(path, device="cpu"):
     """Whatever a fastmine run wrote: a single, multi-generator or fused sampler."""
-    _, info = read_file(path)
+    info = read_info(path)
     kind = (info or {}).get("kind")
     if kind == "multi_sampler":
         return load_multi_sampler(path, device)
@@ -350,7 +350,7 @@ def mine_multi(generators, target, *, critic=None, rule=None, window=None, path=
         if isinstance(g, GeneratorAdapter):
             adapters.append(g)
             continue
-        if critic_source is None and isinstance(g, (str, Path)) and Path(g).is_file() and api._has_critic(g):
+        if critic_source is None and isinstance(g, (str, Path)) and Path(g).is_file() and has_critic(g):
             critic_source = str(g)
         adapters.append(load_generator(str(g), allow_pickle=allow_pickle))
     samplers = []
@@ -371,7 +371,7 @@ def mine_multi(generators, target, *, critic=None, rule=None, window=None, path=
 
         src = critic or critic_source
         critic_module = load_critic(src, allow_pickle=allow_pickle)
-        _, info = read_file(src, allow_pickle=allow_pickle)
+        info = read_info(src)
         critic_build = info["critic"]["build"] if info and "critic" in info else None
     else:
         critic_build = {"arch": api.critic_arch_for(target, model_cfg)}
