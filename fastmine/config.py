@@ -52,7 +52,7 @@ class MinerConfig:
     seed_dist: Optional[str] = None  # normal | uniform (default per method)
     hidden: Optional[int] = None     # default: max(latent size, seed_dim)
     layers: int = 2                  # the paper's MNIST miner: two FC layers of |z|
-    init: str = "normal"             # normal (the paper's N(0, 0.01)) | residual (starts at the prior); README: measured
+    init: Optional[str] = None       # normal (paper's N(0, 0.01)) | residual (starts at the prior); default per method, README
     module: Optional[str] = None     # "package.module:function" returning your own miner module
 
 

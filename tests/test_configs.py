@@ -26,6 +26,9 @@ def test_method_defaults_follow_the_papers():
     rep = fill_defaults(load_config(None, ["method=reprogram"]))
     assert (rep.train.lr, rep.train.betas, rep.train.batch_size, rep.train.gp_weight, rep.train.n_critic,
             rep.miner.seed_dist) == (1e-4, [0.0, 0.9], 32, 1.0, 10, "uniform")
+    # miner init per method, as measured on the digits demo (README "Miner initialisation")
+    assert (mine.miner.init, rep.miner.init) == ("normal", "residual")
+    assert fill_defaults(load_config(None, ["method=reprogram", "miner.init=normal"])).miner.init == "normal"
     over = fill_defaults(load_config(None, ["method=reprogram", "train.gp_weight=5"]))
     assert over.train.gp_weight == 5
     mg = fill_defaults(load_config(None, ["method=minegan", "train.steps=100"]))
