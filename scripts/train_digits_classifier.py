@@ -25,7 +25,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -39,18 +38,12 @@ SIZES = (8, 16, 32)
 
 def load_digits_split(size: int = 8):
     """(x_train, y_train, x_test, y_test): float32 [N,1,size,size] in [-1,1], int64."""
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
+    # the library's fixed stratified 75/25 split (random_state=0), the one the shipped net used
+    from fastmine.data import load_digits
 
-    d = load_digits()
-    x = torch.from_numpy(d.images.astype(np.float32) / 16.0 * 2.0 - 1.0).unsqueeze(1)
-    if size != 8:
-        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
-    y = torch.from_numpy(d.target.astype(np.int64))
-    idx = np.arange(len(y))
-    tr, te = train_test_split(idx, test_size=0.25, random_state=0, stratify=d.target)
-    tr, te = torch.from_numpy(tr), torch.from_numpy(te)
-    return x[tr], y[tr], x[te], y[te]
+    x_train, y_train = load_digits(size=size, split="train", return_labels=True)
+    x_test, y_test = load_digits(size=size, split="test", return_labels=True)
+    return x_train, y_train, x_test, y_test
 
 
 def augment(x8: torch.Tensor, g: torch.Generator) -> torch.Tensor:

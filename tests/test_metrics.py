@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 import scipy.linalg
 import torch
-import torch.nn.functional as F
 
 from fastmine.metrics import (
     DIGITS_WEIGHTS_PATH,
@@ -32,17 +31,12 @@ from fastmine.metrics import (
 
 # ----------------------------------------------------------------------------- helpers
 def _digits_split(size: int = 8):
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
+    # the library's fixed stratified 75/25 split (random_state=0), the one the shipped net used
+    from fastmine.data import load_digits
 
-    d = load_digits()
-    x = torch.from_numpy(d.images.astype(np.float32) / 16.0 * 2.0 - 1.0).unsqueeze(1)
-    if size != 8:
-        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
-    y = torch.from_numpy(d.target.astype(np.int64))
-    tr, te = train_test_split(np.arange(len(y)), test_size=0.25, random_state=0, stratify=d.target)
-    tr, te = torch.from_numpy(tr), torch.from_numpy(te)
-    return x[tr], y[tr], x[te], y[te]
+    x_train, y_train = load_digits(size=size, split="train", return_labels=True)
+    x_test, y_test = load_digits(size=size, split="test", return_labels=True)
+    return x_train, y_train, x_test, y_test
 
 
 @pytest.fixture(scope="module")
