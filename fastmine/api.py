@@ -117,7 +117,6 @@ def train(generator, target, *, method="minegan_noft", miner=None, critic=None, 
         raise ValueError("the target data is empty")
 
     torch.manual_seed(seed)
-    critic_build = None
     source_critic = None
     # ---- the generator (and, from a stored file, its miner and critic)
     if isinstance(generator, Sampler):
@@ -164,17 +163,10 @@ def train(generator, target, *, method="minegan_noft", miner=None, critic=None, 
     _check_output_matches(sampler, target, device)
 
     # ---- the critic
-    if isinstance(critic, nn.Module):
-        critic_module = critic
-    else:
-        path = critic or (source_critic if source_critic and has_critic(source_critic) else None)
-        if path is not None and not m.fresh_critic:
-            critic_module = load_critic(path, allow_pickle=allow_pickle)
-            info = read_info(path)
-            critic_build = info["critic"]["build"] if info and "critic" in info else None
-        else:
-            critic_build = {"arch": critic_arch_for(target, model_cfg)}
-            critic_module = build_critic(critic_build["arch"])
+    if critic is None and source_critic and has_critic(source_critic) and not m.fresh_critic:
+        critic = source_critic
+    critic_module, critic_build = resolve_critic(critic if not m.fresh_critic or isinstance(critic, nn.Module) else None,
+                                                 target, model_cfg, allow_pickle=allow_pickle)
     if m.fresh_critic:
         reinitialize(critic_module, seed + 1)
     critic_module = critic_module.to(device)
@@ -221,6 +213,19 @@ def train(generator, target, *, method="minegan_noft", miner=None, critic=None, 
                      extra={"method": method, "steps": tcfg.steps})
     distributed.barrier()
     return Result(sampler, critic_module, metrics, run_dir)
+
+
+def resolve_critic(critic, target, model_cfg: ModelConfig, allow_pickle=False):
+    """(critic module, how to rebuild it or None): a module as given, the critic stored in a
+    file, or a fresh project critic sized for ``target`` when ``critic`` is None."""
+    if isinstance(critic, nn.Module):
+        return critic, None
+    if critic is not None:
+        info = read_info(critic)
+        build = info["critic"]["build"] if info and "critic" in info else None
+        return load_critic(critic, allow_pickle=allow_pickle), build
+    build = {"arch": critic_arch_for(target, model_cfg)}
+    return build_critic(build["arch"]), build
 
 
 def open_run_dir(run_dir, resume: bool, config) -> Path | None:

@@ -115,18 +115,22 @@ class Sampler(nn.Module):
     def forward(self, seeds):
         return self.generator(self.latents(seeds))
 
-    @torch.no_grad()
     def sample(self, n: int, seed: int = 0, device=None, batch_size: int = 1024) -> torch.Tensor:
         """n samples from a fixed seed, in eval mode (the same seed gives the same samples)."""
-        device = device or _device_of(self)
-        gen = torch.Generator(device).manual_seed(seed)
-        was_training = self.training
-        self.eval()
-        try:
-            chunks = [self(self.draw_seeds(min(batch_size, n - i), gen, device)) for i in range(0, n, batch_size)]
-        finally:
-            self.train(was_training)
-        return torch.cat(chunks)
+        return seeded_sample(self, n, seed, device or _device_of(self), batch_size)
+
+
+@torch.no_grad()
+def seeded_sample(sampler: nn.Module, n: int, seed: int, device, batch_size: int = 1024) -> torch.Tensor:
+    """``sampler(sampler.draw_seeds(...))`` in eval mode from a fixed seed, in batches."""
+    gen = torch.Generator(device).manual_seed(seed)
+    was_training = sampler.training
+    sampler.eval()
+    try:
+        chunks = [sampler(sampler.draw_seeds(min(batch_size, n - i), gen, device)) for i in range(0, n, batch_size)]
+    finally:
+        sampler.train(was_training)
+    return torch.cat(chunks)
 
 
 def _device_of(module):

@@ -49,7 +49,8 @@ from fastmine_kernels.supersample_select import RULES, supersample_select
 from .latent import draw
 from .miner import Miner
 from .models import (GeneratorAdapter, Sampler, _load_state, _part, atomic_save_safetensors, build_module,
-                     has_critic, load_generator, load_sampler, read_file, read_info)
+                     has_critic, load_generator, load_sampler, read_file, read_info,
+                     seeded_sample)
 
 PATHS = ("fast", "naive")
 
@@ -224,18 +225,9 @@ class MultiSampler(nn.Module):
         out = torch.cat(parts)
         return out[torch.argsort(order)]  # back to the seeds' order (differentiable gather)
 
-    @torch.no_grad()
     def sample(self, n: int, seed: int = 0, device=None, batch_size: int = 1024) -> torch.Tensor:
         """n samples from a fixed seed, generators drawn from π (eval mode)."""
-        device = device or self.selector_window.device
-        gen = torch.Generator(device).manual_seed(seed)
-        was = self.training
-        self.eval()
-        try:
-            chunks = [self(self.draw_seeds(min(batch_size, n - i), gen, device)) for i in range(0, n, batch_size)]
-        finally:
-            self.train(was)
-        return torch.cat(chunks)
+        return seeded_sample(self, n, seed, device or self.selector_window.device, batch_size)
 
 
 def selector_log(trainer, step) -> dict:
@@ -325,7 +317,6 @@ def mine_multi(generators, target, *, critic=None, rule=None, window=None, path=
     from . import api
     from .config import MinerConfig, ModelConfig, RunConfig, TrainConfig, from_dict
     from .methods import fill_defaults
-    from .nets import build_critic
     from .trainer import ParamGroup, Trainer
 
     device = api.resolve_device(device)
@@ -363,19 +354,8 @@ def mine_multi(generators, target, *, critic=None, rule=None, window=None, path=
     for s in samplers:
         api._check_output_matches(s, target, device)
 
-    critic_build = None
-    if isinstance(critic, nn.Module):
-        critic_module = critic
-    elif critic is not None or critic_source is not None:
-        from .models import load_critic
-
-        src = critic or critic_source
-        critic_module = load_critic(src, allow_pickle=allow_pickle)
-        info = read_info(src)
-        critic_build = info["critic"]["build"] if info and "critic" in info else None
-    else:
-        critic_build = {"arch": api.critic_arch_for(target, model_cfg)}
-        critic_module = build_critic(critic_build["arch"])
+    critic_module, critic_build = api.resolve_critic(critic if critic is not None else critic_source, target,
+                                                    model_cfg, allow_pickle=allow_pickle)
     critic_module = critic_module.to(device)
 
     groups = [ParamGroup(f"miner{i}", s.miner, 0) for i, s in enumerate(samplers)]
