@@ -2,13 +2,14 @@ from setuptools import find_packages, setup
 
 # The top-level kernels/ folder installs as `fastmine_kernels`: a bare `kernels` import
 # name is taken on PyPI (Hugging Face's kernel hub) and would shadow or be shadowed.
+# benchmarks/ installs as `fastmine_benchmarks`: `fastmine bench` runs its step benchmark.
 setup(
     name="fastmine",
     version="0.1.0",
     description="Mine and reprogram frozen pretrained GAN generators for small target domains",
     python_requires=">=3.10",
-    packages=find_packages(include=["fastmine", "fastmine.*"]) + ["fastmine_kernels"],
-    package_dir={"fastmine_kernels": "kernels"},
+    packages=find_packages(include=["fastmine", "fastmine.*"]) + ["fastmine_kernels", "fastmine_benchmarks"],
+    package_dir={"fastmine_kernels": "kernels", "fastmine_benchmarks": "benchmarks"},
     package_data={"fastmine": ["configs/*.yaml", "metrics/weights/*"]},
     install_requires=[
         # a range real GPU users satisfy; CPU machines pin torch==2.13.0 in README/.ci/run

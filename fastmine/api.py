@@ -13,6 +13,7 @@ import copy
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 from torch import nn
@@ -82,11 +83,34 @@ def _check_output_matches(sampler: Sampler, data: torch.Tensor, device):
                          f"shape {tuple(data.shape[1:])}{hint}")
 
 
-def train(generator, target, *, method="minegan_noft", miner=None, critic=None, run_dir=None, seed=0,
-          device=None, miner_cfg: MinerConfig | dict | None = None, model_cfg: ModelConfig | None = None,
-          train_cfg: TrainConfig | dict | None = None, resume=False, callbacks=(), accelerator=None,
-          run_config: RunConfig | None = None, allow_pickle=False, dist_cfg=None, **train_kwargs) -> Result:
-    """Train any method on ``target`` (a tensor [N, ...] or a folder path) from ``generator``.
+@dataclass
+class Run:
+    """A run built and ready to train: its :class:`Trainer` and what to write after it.
+
+    ``prepare(...)`` builds one without training (``fastmine bench`` times its steps);
+    ``fit()`` trains it and writes the model file, which is what ``train(...)`` does."""
+
+    trainer: Trainer
+    finish: Callable[[Trainer], None]  # writes the model file(s) once trained
+    resume: bool = False
+
+    def fit(self) -> Result:
+        metrics = self.trainer.fit(resume=self.resume)
+        self.trainer.sampler.eval()
+        self.finish(self.trainer)
+        return Result(self.trainer.sampler, self.trainer.critic, metrics, self.trainer.run_dir)
+
+
+def train(generator, target, **kwargs) -> Result:
+    """Train any method on ``target`` from ``generator`` (arguments: :func:`prepare`)."""
+    return prepare(generator, target, **kwargs).fit()
+
+
+def prepare(generator, target, *, method="minegan_noft", miner=None, critic=None, run_dir=None, seed=0,
+            device=None, miner_cfg: MinerConfig | dict | None = None, model_cfg: ModelConfig | None = None,
+            train_cfg: TrainConfig | dict | None = None, resume=False, callbacks=(), accelerator=None,
+            run_config: RunConfig | None = None, allow_pickle=False, dist_cfg=None, **train_kwargs) -> Run:
+    """Build (not train) any method on ``target`` (a tensor [N, ...] or a folder path) from ``generator``.
 
     generator: a :class:`GeneratorAdapter`, a path or factory for :func:`load_generator`, a
         :class:`Sampler` (e.g. a loaded mined file, to finetune it), or None with method
@@ -203,16 +227,17 @@ def train(generator, target, *, method="minegan_noft", miner=None, critic=None, 
         s3_masks.save(run_dir / "s3_masks.json")  # per-layer trainable fractions (Fig. 11b)
     trainer = Trainer(sampler, critic_module, target, tcfg, groups, critic_params=critic_params, run_dir=run_dir,
                       seed=seed, device=device, accelerator=accelerator, callbacks=callbacks)
-    metrics = trainer.fit(resume=resume)
-    sampler.eval()
-    # one ordinary file, loadable without any distributed set-up (a sharded generator is
-    # gathered whole: a collective on every rank)
-    export = distributed.exportable_sampler(sampler) if run_dir is not None else sampler
-    if run_dir is not None and trainer.is_main:
-        save_sampler(run_dir / "model.safetensors", export, critic=critic_module, critic_build=critic_build,
-                     extra={"method": method, "steps": tcfg.steps})
-    distributed.barrier()
-    return Result(sampler, critic_module, metrics, run_dir)
+
+    def finish(trainer):
+        # one ordinary file, loadable without any distributed set-up (a sharded generator is
+        # gathered whole: a collective on every rank)
+        export = distributed.exportable_sampler(sampler) if run_dir is not None else sampler
+        if run_dir is not None and trainer.is_main:
+            save_sampler(run_dir / "model.safetensors", export, critic=critic_module, critic_build=critic_build,
+                         extra={"method": method, "steps": tcfg.steps})
+        distributed.barrier()
+
+    return Run(trainer, finish, resume)
 
 
 def resolve_critic(critic, target, model_cfg: ModelConfig, allow_pickle=False):
@@ -273,20 +298,31 @@ def finetune(mined, target, **kwargs) -> Result:
 def run_config(cfg: RunConfig, resume=False, callbacks=()) -> Result:
     """Run what a :class:`RunConfig` describes (what every CLI training command does)."""
     fill_defaults(cfg)
-    from . import distributed
-
-    if get_method(cfg.method).kind == "fuse" and distributed.launched_world_size() > 1:
-        # fusion's pseudo-real data is not split across ranks yet: every process would train alone
-        raise ValueError(f"method {cfg.method!r} runs in one process for now; launch it without torchrun")
-    if get_method(cfg.method).kind == "multi":
-        from .multi import run_multi_config
-
-        return run_multi_config(cfg, resume=resume, callbacks=callbacks,
-                                accelerator=distributed.setup(cfg.dist, cfg.device))
     if get_method(cfg.method).kind == "fuse":
+        from . import distributed
         from .fusion import run_fuse_config
 
+        if distributed.launched_world_size() > 1:
+            # fusion's pseudo-real data is not split across ranks yet: every process would train alone
+            raise ValueError(f"method {cfg.method!r} runs in one process for now; launch it without torchrun")
         return run_fuse_config(cfg, resume=resume, callbacks=callbacks)
+    return prepare_config(cfg, resume=resume, callbacks=callbacks).fit()
+
+
+def prepare_config(cfg: RunConfig, resume=False, callbacks=(), write=True) -> Run:
+    """Build (not train) the mining or baseline run a :class:`RunConfig` describes; with
+    ``write=False`` no run folder is opened (nothing is written: ``fastmine bench``)."""
+    fill_defaults(cfg)
+    from . import distributed
+
+    kind = get_method(cfg.method).kind
+    if kind == "fuse":
+        raise ValueError("fusion trains its generator in two stages; run it with run_config / `fastmine fuse`")
+    if kind == "multi":
+        from .multi import prepare_multi_config
+
+        return prepare_multi_config(cfg, resume=resume, callbacks=callbacks,
+                                    accelerator=distributed.setup(cfg.dist, cfg.device), write=write)
     data = load_data(cfg.data)
     src = cfg.source
     generator = None
@@ -307,7 +343,7 @@ def run_config(cfg: RunConfig, resume=False, callbacks=()) -> Result:
     # launched by torchrun / accelerate launch: one process group, this rank's device
     accelerator = distributed.setup(cfg.dist, cfg.device)
     device = str(accelerator.device) if accelerator is not None and cfg.device == "auto" else cfg.device
-    return train(generator, data, method=cfg.method, critic=critic, run_dir=cfg.run_dir, seed=cfg.seed,
+    return prepare(generator, data, method=cfg.method, critic=critic, run_dir=cfg.run_dir if write else None, seed=cfg.seed,
                  device=device, miner_cfg=cfg.miner, model_cfg=cfg.model, train_cfg=cfg.train,
                  resume=resume, callbacks=callbacks, run_config=cfg, allow_pickle=src.allow_pickle,
                  accelerator=accelerator, dist_cfg=cfg.dist)

@@ -63,6 +63,16 @@ def _sample(args):
     print(f"wrote {args.n} samples to {out}")
 
 
+def _bench(argv):
+    from fastmine_benchmarks.bench_step import main as bench_main
+
+    try:
+        return bench_main(argv)
+    except (ConfigError, ValueError, FileNotFoundError) as e:
+        print(f"fastmine bench: error: {e}", file=sys.stderr)
+        return 2
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="fastmine", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -94,6 +104,11 @@ def main(argv=None):
     p.add_argument("--inception-weights", default=None, help="local Inception-v3 weights file (never downloaded)")
     p.add_argument("--target-class", default="auto", help="class for the target share (default: the single digits label)")
     p.add_argument("--repeats", type=int, default=5, help="sample draws averaged")
+    p = sub.add_parser("bench", add_help=False,
+                       help="time mining steps against an eager reference (fastmine bench --help)")
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["bench"]:  # its own parser (benchmarks/bench_step.py)
+        return _bench(argv[1:])
     args = parser.parse_args(argv)
     try:
         if args.command == "sample":

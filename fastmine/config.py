@@ -71,6 +71,12 @@ class TrainConfig:
     betas: Optional[list] = None
     freeze_critic_blocks: Optional[int] = None  # FreezeD: leading critic blocks kept frozen (default: half)
     impl: str = "auto"               # kernels: auto | triton | torch
+    # speed options (benchmarks/RESULTS.md measures each): bf16 autocast of the generator and
+    # of the critic's loss passes (the penalty's pass stays fp32), channels_last images and
+    # convolutions, Adam's fused implementation
+    amp: str = "none"                # none | bf16
+    channels_last: bool = False
+    fused_adam: bool = False
     log_every: int = 10
     sample_every: int = 250
     checkpoint_every: int = 250

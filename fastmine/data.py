@@ -142,8 +142,10 @@ def _need_path(cfg):
 class DeviceSampler:
     """Draws random minibatches from a data tensor kept on the training device."""
 
-    def __init__(self, data: torch.Tensor, device):
+    def __init__(self, data: torch.Tensor, device, channels_last: bool = False):
         self.data = data.to(device)
+        if channels_last and self.data.ndim == 4:
+            self.data = self.data.contiguous(memory_format=torch.channels_last)
 
     def __len__(self):
         return len(self.data)

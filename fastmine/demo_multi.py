@@ -150,9 +150,8 @@ def _run_task(task: dict) -> dict:
         res["pi"] = [float(p) for p in r.sampler.selector_probs.tolist()]
         sampler = r.sampler
     elif kind == "fusion":
-        fused = fuse([src["A"], src["B"]], run_dir=run_dir / "fuse", seed=task["seed"], device="cpu",
-                     **_train_kwargs(s, s.fuse_steps))
-        del fused
+        fuse([src["A"], src["B"]], run_dir=run_dir / "fuse", seed=task["seed"], device="cpu",
+             **_train_kwargs(s, s.fuse_steps))
         r = api.train(load_generator(str(run_dir / "fuse" / "model.safetensors")), target, method="minegan_noft",
                       run_dir=run_dir / "mine", seed=task["seed"], device="cpu", **_train_kwargs(s))
         sampler = r.sampler

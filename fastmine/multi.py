@@ -171,7 +171,7 @@ class MultiSampler(nn.Module):
                 s = self.critic(flat)
         else:
             s = self.critic(flat)
-        return s.float().reshape(K, N)
+        return s.to(torch.promote_types(s.dtype, torch.float32)).reshape(K, N)  # bf16 scores select in fp32
 
     def _select(self, scores, candidates=None):
         K = scores.shape[0]
@@ -301,10 +301,16 @@ def load_any_sampler(path, device="cpu"):
 
 
 # --------------------------------------------------------------------------- training
-def mine_multi(generators, target, *, critic=None, rule=None, window=None, path=None, run_dir=None, seed=0,
-               device=None, miner_cfg=None, model_cfg=None, train_cfg=None, resume=False, callbacks=(),
-               run_config=None, allow_pickle=False, accelerator=None, **train_kwargs):
-    """MineGAN(multi): one miner per frozen generator, critic-max selection, the selector π.
+def mine_multi(generators, target, **kwargs):
+    """MineGAN(multi): one miner per frozen generator, critic-max selection, the selector π
+    (arguments: :func:`prepare_multi`)."""
+    return prepare_multi(generators, target, **kwargs).fit()
+
+
+def prepare_multi(generators, target, *, critic=None, rule=None, window=None, path=None, run_dir=None, seed=0,
+                  device=None, miner_cfg=None, model_cfg=None, train_cfg=None, resume=False, callbacks=(),
+                  run_config=None, allow_pickle=False, accelerator=None, **train_kwargs):
+    """Build (not train) MineGAN(multi): one miner per frozen generator, one critic.
 
     generators: a list of :class:`GeneratorAdapter` or paths / factories for
         :func:`load_generator` (all making samples of the target's shape).
@@ -366,19 +372,21 @@ def mine_multi(generators, target, *, critic=None, rule=None, window=None, path=
     # selector's win counts, so π is the frequency over all ranks' supersamples
     trainer = Trainer(sampler, critic_module, target, tcfg, groups, run_dir=run_dir, seed=seed, device=device,
                       accelerator=accelerator, callbacks=[selector_log, *callbacks])
-    metrics = trainer.fit(resume=resume)
-    sampler.eval()
-    if run_dir is not None and trainer.is_main:
+
+    def finish(trainer):
+        if run_dir is None or not trainer.is_main:
+            return
         save_multi_sampler(run_dir / "model.safetensors", sampler, critic=critic_module, critic_build=critic_build,
                            extra={"method": "minegan_multi", "steps": tcfg.steps})
         (run_dir / "selector.json").write_text(json.dumps(
             {"selector_probs": [float(p) for p in sampler.selector_probs.tolist()], "rule": rule,
              "window": window, "generators": [str(g) if not isinstance(g, nn.Module) else f"module{i}"
                                               for i, g in enumerate(generators)]}, indent=1))
-    return api.Result(sampler, critic_module, metrics, run_dir)
+
+    return api.Run(trainer, finish, resume)
 
 
-def run_multi_config(cfg, resume=False, callbacks=(), accelerator=None):
+def prepare_multi_config(cfg, resume=False, callbacks=(), accelerator=None, write=True):
     """`fastmine mine-multi`: ``source.generators`` mined for ``data``."""
     from .data import load_data
 
@@ -387,6 +395,6 @@ def run_multi_config(cfg, resume=False, callbacks=(), accelerator=None):
     if len(gens) < 2:
         raise ValueError("mine-multi needs source.generators=[a.safetensors,b.safetensors] (two or more files)")
     data = load_data(cfg.data)
-    return mine_multi(gens, data, critic=src.critic, run_dir=cfg.run_dir, seed=cfg.seed, device=cfg.device,
+    return prepare_multi(gens, data, critic=src.critic, run_dir=cfg.run_dir if write else None, seed=cfg.seed, device=cfg.device,
                       miner_cfg=cfg.miner, model_cfg=cfg.model, train_cfg=cfg.train, resume=resume,
                       callbacks=callbacks, run_config=cfg, allow_pickle=src.allow_pickle, accelerator=accelerator)

@@ -190,7 +190,7 @@ def write_demo_report(out, results: dict, source_scores: dict, settings, seeds, 
               "## Samples (first seed, 64 samples, fixed seed)", ""]
     lines += ["| " + " | ".join(["source"] + [labels[m] for m in results]) + " |",
               "|" + "---|" * (len(results) + 1),
-              "| " + " | ".join([f"![source](samples_source.png)"] +
+              "| " + " | ".join(["![source](samples_source.png)"] +
                                 [f"![{labels[m]}](samples_{m}.png)" for m in results]) + " |", ""]
     lines += ["## Settings", "", "| method | lr (sampler / critic) | betas | n_critic | batch | λ_GP | mine steps | "
               "seed dist | miner init |", "|---|---|---|---|---|---|---|---|---|"]

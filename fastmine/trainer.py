@@ -9,6 +9,7 @@ backward, DESIGN.md §7).
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -23,6 +24,7 @@ from .images import save_grid
 from .losses import check_critic_for_penalty, critic_loss, gradient_penalty, sampler_loss
 from .models import atomic_save_safetensors
 
+AMP = ("none", "bf16")
 TERMS = ("loss_critic", "loss_sampler", "penalty", "wasserstein", "grad_norm")
 
 
@@ -67,11 +69,16 @@ class Trainer:
         self.rank = accelerator.process_index if accelerator else 0
         self.world = accelerator.num_processes if accelerator else 1
         self.device = torch.device(device)
+        if cfg.amp not in AMP:
+            raise ValueError(f"train.amp must be one of {', '.join(AMP)}, got {cfg.amp!r}")
         self.sampler = sampler.to(self.device)
         self.critic = critic.to(self.device)
+        if cfg.channels_last:  # 4-d weights and images in NHWC: what cuDNN / oneDNN convolutions prefer
+            self.sampler.to(memory_format=torch.channels_last)
+            self.critic.to(memory_format=torch.channels_last)
         if cfg.gp_weight and cfg.gp_weight > 0:
             check_critic_for_penalty(self.critic)
-        self.data = DeviceSampler(data, self.device)
+        self.data = DeviceSampler(data, self.device, channels_last=cfg.channels_last)
         self.groups = list(groups)
         self.critic_params = [p for p in (critic_params if critic_params is not None else critic.parameters())]
         if not self.critic_params:
@@ -102,9 +109,11 @@ class Trainer:
         k = max(1, cfg.gp_every)
         c = k / (k + 1) if k > 1 else 1.0
         betas = tuple(b**c for b in cfg.betas)
-        self.opt_critic = torch.optim.Adam(self.critic_params, lr=cfg.critic_lr * c, betas=betas)
+        fused = {"fused": True} if cfg.fused_adam else {}
+        self.opt_critic = torch.optim.Adam(self.critic_params, lr=cfg.critic_lr * c, betas=betas, **fused)
         self.opt_sampler = torch.optim.Adam(
-            [{"params": g.params(), "lr": g.lr or cfg.lr} for g in self.groups], lr=cfg.lr, betas=tuple(cfg.betas))
+            [{"params": g.params(), "lr": g.lr or cfg.lr} for g in self.groups], lr=cfg.lr, betas=tuple(cfg.betas),
+            **fused)
         self.state = TrainState()
         self._step_t = torch.zeros((), dtype=torch.long, device=self.device)
         self._reset_stats()
@@ -146,6 +155,11 @@ class Trainer:
                 g.activate(a)
             self._active = active
 
+    def _autocast(self):
+        if self.cfg.amp == "bf16":
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
     def _draw(self, draw):
         """``draw(n, generator)`` from every random stream of this rank, concatenated."""
         if len(self.rngs) == 1:
@@ -153,14 +167,17 @@ class Trainer:
         return torch.cat([draw(self.stream_batch, g) for g in self.rngs])
 
     def _sync_grads(self, params):
-        if self.world == 1:
-            return
-        # every rank must reduce the same layout: a parameter that got no gradient on this rank
-        # (a generator none of whose candidates won here) contributes zeros
+        # a trainable parameter that got no gradient (the miner of a generator none of whose
+        # candidates was chosen) gets zeros: Adam then moves it on its momentum exactly as the
+        # loss over every candidate would (a None gradient would skip it), at any world size,
+        # and every rank reduces the same layout
         params = [p for p in params if p.requires_grad]
-        if not params:
+        for p in params:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+        if self.world == 1 or not params:
             return
-        flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).flatten() for p in params])
+        flat = torch.cat([p.grad.flatten() for p in params])
         torch.distributed.all_reduce(flat)
         flat /= self.world
         offset = 0
@@ -173,9 +190,11 @@ class Trainer:
         cfg = self.cfg
         B = cfg.batch_size
         real = self._draw(self.data.batch)
-        with torch.no_grad():
+        with torch.no_grad(), self._autocast():
             fake = self.sampler(self._draw(lambda n, g: self.sampler.draw_seeds(n, g, self.device)))
-        scores = self.critic(torch.cat([real, fake]))  # one pass: no batch norm, so rows are independent
+        fake = fake.to(real.dtype)
+        with self._autocast():  # one pass: no batch norm, so rows are independent
+            scores = _at_least_fp32(self.critic(torch.cat([real, fake])))
         d_real, d_fake = scores[:B], scores[B:]
         loss = critic_loss(d_fake, d_real)
         self._track("wasserstein", d_real.mean() - d_fake.mean(), step)
@@ -199,8 +218,10 @@ class Trainer:
         for p in self.critic_params:
             p.requires_grad_(False)  # no critic gradients are needed for the sampler's loss
         try:
-            fake = self.sampler(self._draw(lambda n, g: self.sampler.draw_seeds(n, g, self.device)))
-            loss = sampler_loss(self.critic(fake))
+            with self._autocast():
+                fake = self.sampler(self._draw(lambda n, g: self.sampler.draw_seeds(n, g, self.device)))
+                scores = self.critic(fake)
+            loss = sampler_loss(_at_least_fp32(scores))
             self.opt_sampler.zero_grad(set_to_none=True)
             loss.backward()
         finally:
@@ -210,6 +231,15 @@ class Trainer:
         self.opt_sampler.step()
         self._track("loss_sampler", loss, step)
         self.state.stats["n_sampler"] += 1
+
+    def train_step(self, step):
+        """One generator-side update: n_critic critic steps, then one sampler step."""
+        self._step_t.fill_(step)
+        self._set_phase(step)
+        for i in range(self.cfg.n_critic):
+            self.critic_step(step, step * self.cfg.n_critic + i)
+        self.sampler_step(step)
+        self.state.step = step + 1
 
     # ------------------------------------------------------------------ loop
     def fit(self, resume: bool = False):
@@ -228,12 +258,7 @@ class Trainer:
         t0 = time.perf_counter()
         last = {}
         for step in range(start, cfg.steps):
-            self._step_t.fill_(step)
-            self._set_phase(step)
-            for i in range(cfg.n_critic):
-                self.critic_step(step, step * cfg.n_critic + i)
-            self.sampler_step(step)
-            self.state.step = step + 1
+            self.train_step(step)
             done = self.state.step
             if done % cfg.log_every == 0 or done == cfg.steps:
                 last = self._log(done, time.perf_counter() - t0)
@@ -355,6 +380,11 @@ class Trainer:
         if self.run_dir and self.is_main:
             _truncate_metrics(self.run_dir / "metrics.jsonl", step)
         return step
+
+
+def _at_least_fp32(x):
+    """bf16 scores (autocast) to fp32 for the losses; fp32 / fp64 untouched."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
 
 
 def _atomic_torch_save(obj, path):

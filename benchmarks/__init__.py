@@ -1,0 +1,1 @@
+"""Benchmarks, installed as ``fastmine_benchmarks`` (``fastmine bench`` runs bench_step)."""
