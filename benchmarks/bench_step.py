@@ -7,18 +7,20 @@
 Per configuration: ms per generator-side update (n_critic critic steps + one sampler step)
 of the reference and of fastmine, the speed-up, the peak memory of each and their ratio,
 and a numerics check — both sides start from the same weights and replay the same random
-numbers for 20 updates in fp32; the largest difference of any logged loss, relative to
-that loss's largest magnitude over the 20 updates, is reported (``--bf16-check`` adds
+numbers for 20 updates in fp32 and 8 in float64; the largest difference of any logged loss,
+relative to that loss's largest magnitude over those updates, is reported (``--bf16-check`` adds
 fastmine in bf16 autocast against the fp32 reference over 200 updates, compared as curves
 smoothed over 20 updates).
 
-Every (configuration, side, variant) runs in its own process so that its peak memory is
-its own: on CUDA ``max_memory_allocated`` over the warm-up and timed updates, less what was
-allocated before them (models, data); on the CPU the same with the peak RSS (VmHWM, reset
-through /proc/self/clear_refs once the models are built), measured in a second, untimed
-process whose glibc mmap threshold is fixed at 64 KiB so that freed activations leave the RSS. Time: ``--reps`` blocks of ``--steps`` updates after ``--warmup``; the median
-block. ``--variant train.gp_every=4`` (repeatable) times fastmine once more with those
-overrides, each variant on its own against the same reference.
+Time: reference and fastmine are built in one process and their timed blocks alternate, so
+a slow spell of a shared machine hits both alike (``--reps`` blocks of ``--steps`` updates
+after ``--warmup`` each; the median block; a sharded fastmine runs under torchrun and is
+timed apart). Memory, what the training steps add once models and data are in place: on
+CUDA ``max_memory_allocated`` less what was allocated before; on the CPU the peak RSS
+(VmHWM, reset through /proc/self/clear_refs) less the RSS before, each side in its own
+untimed process whose glibc mmap threshold is fixed at 64 KiB so that freed activations
+leave the RSS. ``--variant train.gp_every=4`` (repeatable) times fastmine once more with
+those overrides, each variant on its own against the reference.
 
 Sizes: on the CPU the built-in configurations shrink the DCGAN-64 (128-d latent) to 32 px
 and width 16 so that a run takes minutes; on CUDA they are DCGAN-64 at width 64.
@@ -50,7 +52,7 @@ CONFIGS = {
 }
 SIZES = {"cpu": {"image_size": 32, "width": 16}, "cuda": {"image_size": 64, "width": 64}}
 LATENT = 128
-CHECK_STEPS = 20
+CHECK_STEPS = {"float32": 20, "float64": 8}  # float64 convolutions are slow on the CPU
 BF16_STEPS = 200
 
 
@@ -212,36 +214,138 @@ def _status(key):
     return -1
 
 
+class _Clock:
+    """Peak memory since the models were built, and CUDA synchronisation, for one process."""
+
+    def __init__(self, device):
+        import torch
+
+        self.torch, self.cuda = torch, torch.device(device).type == "cuda"
+
+    def sync(self):
+        if self.cuda:
+            self.torch.cuda.synchronize()
+
+    def start_peak(self):
+        self.sync()
+        if self.cuda:
+            self.torch.cuda.reset_peak_memory_stats()
+            return self.torch.cuda.memory_allocated()
+        Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS
+        return _status("VmRSS")
+
+    def peak(self):
+        return self.torch.cuda.max_memory_allocated() if self.cuda else _status("VmHWM")
+
+
+def _timed_block(step, steps, clock):
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        step()
+    clock.sync()
+    return (time.perf_counter() - t0) / steps
+
+
 def measure_side(spec, side, variant, device, warmup, steps, reps, threads):
-    """ms per update and peak memory of one side (run in a child process). The peak counts
-    from after the models and data are in place: what the training steps add."""
+    """ms per update and peak memory of one side alone (run in a child process). The peak
+    counts from after the models and data are in place: what the training steps add."""
     import torch
 
     torch.set_num_threads(threads)
-    dev = torch.device(device)
     trainer = build_fastmine(spec, device, variant if side == "fastmine" else ())
     step = _stepper(side, trainer)
-    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
-    sync()
-    if dev.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
-    else:
-        Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS
-        base = _status("VmRSS")
+    clock = _Clock(device)
+    base = clock.start_peak()
     for _ in range(warmup):
         step()
-    sync()
-    blocks = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        for _ in range(steps):
-            step()
-        sync()
-        blocks.append((time.perf_counter() - t0) / steps)
-    peak = (torch.cuda.max_memory_allocated() if dev.type == "cuda" else _status("VmHWM")) - base
+    clock.sync()
+    blocks = [_timed_block(step, steps, clock) for _ in range(reps)]
     return {"ms_per_step": 1000 * statistics.median(blocks), "ms_blocks": [round(1000 * b, 2) for b in blocks],
-            "peak_bytes": int(peak)}
+            "peak_bytes": int(clock.peak() - base)}
+
+
+def time_pair(spec, variant, device, warmup, steps, reps, threads):
+    """Reference and fastmine in one process, their timed blocks alternating (the first side
+    swaps every rep), so that a slow spell of a shared machine hits both alike. On CUDA each
+    block's peak allocation over what was allocated before it is that side's peak memory."""
+    import torch
+
+    torch.set_num_threads(threads)
+    ref = build_reference(build_fastmine(spec, device, ()))
+    steppers = {"reference": ref.step, "fastmine": _stepper("fastmine", build_fastmine(spec, device, variant))}
+    clock = _Clock(device)
+    blocks, peaks = {k: [] for k in steppers}, {k: 0 for k in steppers}
+    for side, step in steppers.items():
+        base = clock.start_peak()
+        for _ in range(warmup):
+            step()
+        clock.sync()
+        peaks[side] = clock.peak() - base
+    for r in range(reps):
+        for side in (("reference", "fastmine") if r % 2 == 0 else ("fastmine", "reference")):
+            base = clock.start_peak()
+            blocks[side].append(_timed_block(steppers[side], steps, clock))
+            peaks[side] = max(peaks[side], clock.peak() - base)
+    return {side: {"ms_per_step": 1000 * statistics.median(b), "ms_blocks": [round(1000 * x, 2) for x in b],
+                   "peak_bytes": int(peaks[side]) if clock.cuda else None} for side, b in blocks.items()}
+
+
+def profile_pair(spec, variant, device, updates=2, top=8, threads=1):
+    """Where an update's time goes, per side (torch.profiler over ``updates`` updates after one
+    warm-up): the ops (CUDA: kernels) with the most self time, the number of ops or kernel
+    launches per update, and the host time not covered by device work (CUDA only)."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    torch.set_num_threads(threads)
+    cuda = torch.device(device).type == "cuda"
+    ref = build_reference(build_fastmine(spec, device, ()))
+    steppers = {"reference": ref.step, "fastmine": _stepper("fastmine", build_fastmine(spec, device, variant))}
+    clock = _Clock(device)
+    out = {}
+    for side, step in steppers.items():
+        step()
+        clock.sync()
+        acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+        t0 = time.perf_counter()
+        with profile(activities=acts) as prof:
+            for _ in range(updates):
+                step()
+            clock.sync()
+        wall_us = (time.perf_counter() - t0) * 1e6
+        events = prof.key_averages()
+        if cuda:
+            kernels = [e for e in events if e.device_type == torch.autograd.DeviceType.CUDA]
+            key = "self_device_time_total" if hasattr(kernels[0] if kernels else None, "self_device_time_total") \
+                else "self_cuda_time_total"
+            busy = sum(getattr(e, key) for e in kernels)
+            launches = sum(e.count for e in events if e.key in ("cudaLaunchKernel", "cuLaunchKernel",
+                                                                "cudaLaunchKernelExC"))
+            rows = sorted(kernels, key=lambda e: -getattr(e, key))[:top]
+            out[side] = {"launches_per_update": launches / updates,
+                         "device_busy_fraction": busy / wall_us,
+                         "top": [{"name": e.key[:80], "self_us_per_update": getattr(e, key) / updates,
+                                  "calls_per_update": e.count / updates} for e in rows]}
+        else:
+            ops = [e for e in events if e.key.startswith("aten::")]
+            rows = sorted(ops, key=lambda e: -e.self_cpu_time_total)[:top]
+            out[side] = {"ops_per_update": sum(e.count for e in ops) / updates,
+                         "top": [{"name": e.key, "self_us_per_update": e.self_cpu_time_total / updates,
+                                  "calls_per_update": e.count / updates} for e in rows]}
+        out[side]["wall_ms_per_update"] = wall_us / updates / 1000
+    return out
+
+
+def profile_text(label, prof) -> str:
+    lines = [f"### {label}"]
+    for side, p in prof.items():
+        count = (f"{p['launches_per_update']:.0f} kernel launches, device busy {100 * p['device_busy_fraction']:.0f} %"
+                 if "launches_per_update" in p else f"{p['ops_per_update']:.0f} aten ops")
+        lines += ["", f"{side}: {p['wall_ms_per_update']:.1f} ms per update under the profiler, {count} per update", "",
+                  "| op | self ms / update | calls / update |", "|---|---:|---:|"]
+        lines += [f"| `{t['name']}` | {t['self_us_per_update'] / 1000:.2f} | {t['calls_per_update']:.0f} |"
+                  for t in p["top"]]
+    return "\n".join(lines)
 
 
 # --------------------------------------------------------------------------- numerics
@@ -279,13 +383,14 @@ def _curves(spec, device, steps, variant=(), dtype="float32"):
     return fm_rows, ref_rows
 
 
-def numerics_check(spec, device, steps=CHECK_STEPS, dtype="float32", variant=()):
+def numerics_check(spec, device, steps=None, dtype="float32", variant=()):
     """Same state, same draws: max over terms of max|Δ| / max|reference| over the updates.
 
     In fp32 two correct implementations drift apart through rounding (one critic pass over
     [real, fake] against two, re-run candidates against gathered ones), and with several
     generators a near-tie between two candidates can flip the argmax and send the runs
     apart; in float64 neither happens, so that check shows the two compute the same thing."""
+    steps = steps or CHECK_STEPS[dtype]
     fm_rows, ref_rows = _curves(spec, device, steps, variant=variant, dtype=dtype)
     worst = {}
     for t in TERMS:
@@ -315,7 +420,12 @@ def bf16_check(spec, device, steps=BF16_STEPS, window=20):
 # --------------------------------------------------------------------------- driver
 def _child_main(payload):
     job = json.loads(payload)
-    if job["what"] in ("time", "memory"):
+    if job["what"] == "profile":
+        res = profile_pair(job["spec"], job["variant"], job["device"], threads=job["threads"])
+    elif job["what"] == "pair":
+        res = time_pair(job["spec"], job["variant"], job["device"], job["warmup"], job["steps"], job["reps"],
+                        job["threads"])
+    elif job["what"] in ("time", "memory"):
         res = measure_side(job["spec"], job["side"], job["variant"], job["device"], job["warmup"], job["steps"],
                            job["reps"], job["threads"])
     elif job["what"] == "check":
@@ -346,8 +456,11 @@ def _run_child(job, env):
         if procs > 1:
             cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={procs}", "--nnodes=1",
                    "--master_addr=127.0.0.1", f"--master_port={_free_port()}", *cmd[1:]]
-        out = subprocess.run(cmd, capture_output=True, text=True, env=env)
-        results = [json.loads(f.read_text()) for f in sorted(Path(result_dir).glob("rank*.json"))]
+        for attempt in range(1 + (procs > 1)):  # torchrun over loopback: one retry for a transient failure
+            out = subprocess.run(cmd, capture_output=True, text=True, env=env)
+            results = [json.loads(f.read_text()) for f in sorted(Path(result_dir).glob("rank*.json"))]
+            if out.returncode == 0 and len(results) == procs:
+                break
     if out.returncode or len(results) != procs:
         raise RuntimeError(f"benchmark child failed ({job['what']} {job.get('side', '')}):\n{out.stderr[-3000:]}")
     if procs == 1:
@@ -358,8 +471,12 @@ def _run_child(job, env):
 
 
 def run_bench(specs, device, variants=(), warmup=2, steps=5, reps=3, threads=1, check=True, bf16=False,
-              progress=True):
-    """Every spec × (reference, fastmine, fastmine + each variant), each in its own child."""
+              progress=True, profile=False):
+    """Every spec × (fastmine, fastmine + each variant), each against the reference.
+
+    Time: both sides in one child, blocks alternating (a sharded fastmine runs under torchrun,
+    so it and its reference are timed in separate children). Memory on the CPU: each side in
+    its own child, where the RSS is that side's alone."""
     from tqdm.auto import tqdm
 
     env = dict(os.environ, TQDM_DISABLE="1", OMP_NUM_THREADS=str(threads))
@@ -368,20 +485,30 @@ def run_bench(specs, device, variants=(), warmup=2, steps=5, reps=3, threads=1, 
     # live tensors instead of a grown heap (it also slows the steps, hence not while timing)
     mem_env = dict(env, MALLOC_MMAP_THRESHOLD_="65536")
     on_cpu = not device.startswith("cuda")
-    sides = [("reference", [])] + [("fastmine", list(v)) for v in [[]] + list(variants)]
+    all_variants = [[]] + [list(v) for v in variants]
+
+    def sharded(spec):
+        return CONFIGS.get(spec.get("name"), (0, 0, 1))[2] > 1
 
     def checks(spec):  # a sharded run's numbers against one process: tests/test_distributed.py checks them
-        return check and CONFIGS.get(spec.get("name"), (0, 0, 1))[2] == 1
+        return check and not sharded(spec)
+
     jobs = []
     for spec in specs:
-        for side, v in sides:
-            jobs.append((spec, {"what": "time", "side": side, "variant": v}))
-            if on_cpu:
-                jobs.append((spec, {"what": "memory", "side": side, "variant": v, "steps": 1, "reps": 1}))
+        if sharded(spec):
+            jobs += [(spec, {"what": "time", "side": "reference", "variant": []})]
+            jobs += [(spec, {"what": "time", "side": "fastmine", "variant": v}) for v in all_variants]
+        else:
+            jobs += [(spec, {"what": "pair", "variant": v}) for v in all_variants]
+        if on_cpu:
+            jobs += [(spec, {"what": "memory", "side": side, "variant": v, "steps": 1, "reps": 1})
+                     for side, v in [("reference", [])] + [("fastmine", v) for v in all_variants]]
         if checks(spec):
             jobs += [(spec, {"what": "check", "dtype": d}) for d in ("float32", "float64")]
         if bf16:
             jobs.append((spec, {"what": "bf16"}))
+        if profile and not sharded(spec):
+            jobs.append((spec, {"what": "profile", "variant": []}))
 
     def key(spec, job):
         return " ".join(" ".join([spec["label"], job["what"], job.get("side", ""), job.get("dtype", "")]
@@ -393,39 +520,64 @@ def run_bench(specs, device, variants=(), warmup=2, steps=5, reps=3, threads=1, 
         bar.set_postfix_str(key(spec, job))
         full = {"device": device, "warmup": warmup, "steps": steps, "reps": reps, "threads": threads, **job,
                 "spec": spec}
-        results[key(spec, job)] = _run_child(full, mem_env if job["what"] == "memory" else env)
+        try:
+            results[key(spec, job)] = _run_child(full, mem_env if job["what"] == "memory" else env)
+        except RuntimeError as e:  # one failed measurement is reported, the others still run
+            results[key(spec, job)] = {"error": str(e)[-2000:]}
+            print(f"\n{key(spec, job)} failed:\n{str(e)[-1500:]}", file=sys.stderr)
     rows = []
+    nan = float("nan")
     for spec in specs:
-        def side_result(side, v):
-            t = results[key(spec, {"what": "time", "side": side, "variant": v})]
-            m = results[key(spec, {"what": "memory", "side": side, "variant": v})] if on_cpu else t
-            return t["ms_per_step"], t["ms_blocks"], m["peak_bytes"], t.get("processes", 1)
-
-        ref_ms, ref_blocks, ref_peak, _ = side_result("reference", [])
-        for side, v in sides[1:]:
-            ms, blocks, peak, procs = side_result(side, v)
-            row = {"config": spec["label"], "variant": " ".join(v) or "default", "fastmine_processes": procs,
-                   "reference_ms": ref_ms,
-                   "fastmine_ms": ms, "speedup": ref_ms / ms, "reference_peak_bytes": ref_peak,
-                   "fastmine_peak_bytes": peak, "peak_ratio": peak / max(ref_peak, 1),
-                   "reference_blocks_ms": ref_blocks, "fastmine_blocks_ms": blocks}
+        for v in all_variants:
+            if sharded(spec):
+                t = {"reference": results[key(spec, {"what": "time", "side": "reference", "variant": []})],
+                     "fastmine": results[key(spec, {"what": "time", "side": "fastmine", "variant": v})]}
+            else:
+                pair = results[key(spec, {"what": "pair", "variant": v})]
+                t = pair if "error" not in pair else {"reference": pair, "fastmine": pair}
+            m = t if not on_cpu else {
+                "reference": results[key(spec, {"what": "memory", "side": "reference", "variant": []})],
+                "fastmine": results[key(spec, {"what": "memory", "side": "fastmine", "variant": v})]}
+            ref_ms, ms = (t[k].get("ms_per_step", nan) for k in ("reference", "fastmine"))
+            ref_peak, peak = (m[k].get("peak_bytes") or nan for k in ("reference", "fastmine"))
+            row = {"config": spec["label"], "variant": " ".join(v) or "default",
+                   "fastmine_processes": t["fastmine"].get("processes", 1), "paired": not sharded(spec),
+                   "reference_ms": ref_ms, "fastmine_ms": ms,
+                   "speedup": speedup(t["reference"].get("ms_blocks"), t["fastmine"].get("ms_blocks"),
+                                      paired=not sharded(spec)) if "error" not in t["fastmine"] else nan,
+                   "reference_peak_bytes": ref_peak, "fastmine_peak_bytes": peak, "peak_ratio": peak / ref_peak,
+                   "reference_blocks_ms": t["reference"].get("ms_blocks"), "fastmine_blocks_ms": t["fastmine"].get("ms_blocks")}
+            errors = [d.get("error") for d in (*t.values(), *m.values())]
+            if any(errors):
+                row["error"] = next(e for e in errors if e)
             if not v and checks(spec):
                 row["numerics"] = {d: results[key(spec, {"what": "check", "dtype": d})] for d in ("float32", "float64")}
             if not v and bf16:
                 row["bf16"] = results[key(spec, {"what": "bf16"})]
+            if not v and profile and not sharded(spec):
+                row["profile"] = results[key(spec, {"what": "profile", "variant": []})]
             rows.append(row)
     return rows
+
+
+def speedup(ref_blocks, fm_blocks, paired=True):
+    """Median over reps of reference block / fastmine block when the blocks alternated in one
+    process (each ratio compares two neighbouring blocks), else ratio of the medians."""
+    if paired and ref_blocks and len(ref_blocks) == len(fm_blocks):
+        return statistics.median(r / f for r, f in zip(ref_blocks, fm_blocks))
+    return statistics.median(ref_blocks) / statistics.median(fm_blocks)
 
 
 def table(rows) -> str:
     mib = 1 / 2**20
     lines = ["| config | variant | reference ms | fastmine ms | speed-up | reference peak MiB | fastmine peak MiB "
-             "| peak ratio | same losses? (max rel. diff over 20 updates) |",
+             "| peak ratio | same losses? max rel. diff (fp32: 20 updates, fp64: 8) |",
              "|---|---|---:|---:|---:|---:|---:|---:|---|"]
     for r in rows:
         chk = ""
         if "numerics" in r:
-            chk = f"fp32 {r['numerics']['float32']['max_rel_diff']:.1e}, fp64 {r['numerics']['float64']['max_rel_diff']:.1e}"
+            chk = ", ".join(f"{d[:1]}p{d[-2:]} " + (f"{n['max_rel_diff']:.1e}" if "max_rel_diff" in n else "failed")
+                            for d, n in r["numerics"].items())
         if "bf16" in r:
             chk += f"; bf16 curves {r['bf16']['max_rel_l2']:.3f}"
         lines.append(f"| {r['config']} | {r['variant']} | {r['reference_ms']:.1f} | {r['fastmine_ms']:.1f} | "
@@ -463,6 +615,8 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads per run")
     ap.add_argument("--no-check", action="store_true", help="skip the fp32 numerics check")
     ap.add_argument("--bf16-check", action="store_true", help="also compare bf16 loss curves over 200 updates")
+    ap.add_argument("--profile", action="store_true",
+                    help="also profile 2 updates of each side: top ops/kernels, ops or launches per update")
     ap.add_argument("--out", default=None, help="JSON file (default benchmarks/results/bench_step_<device>.json)")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -486,10 +640,13 @@ def main(argv=None):
         specs = [{"label": n, "name": n, **sizes} for n in (args.configs or CONFIGS)]
     variants = [v.split() for v in args.variant]
     rows = run_bench(specs, device, variants, warmup=args.warmup, steps=steps, reps=args.reps, threads=args.threads,
-                     check=not args.no_check, bf16=args.bf16_check)
+                     check=not args.no_check, bf16=args.bf16_check, profile=args.profile)
     meta = _meta(device, args.threads) | {"warmup": args.warmup, "steps_per_block": steps, "reps": args.reps,
                                           "sizes": SIZES["cuda" if device.startswith("cuda") else "cpu"]}
     print(table(rows))
+    for r in rows:
+        if "profile" in r and "error" not in r["profile"]:
+            print("\n" + profile_text(r["config"], r["profile"]))
     out = Path(args.out) if args.out else Path("benchmarks/results") / f"bench_step_{device.split(':')[0]}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))

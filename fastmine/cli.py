@@ -98,6 +98,9 @@ def main(argv=None):
     p.add_argument("--jobs", type=int, default=1, help="runs trained in parallel processes (e.g. the core count)")
     p.add_argument("--multi", action="store_true",
                    help="the two-generator task instead (sources on 0-4 / 5-9, a 1/7 target): OUT/report_multi.md")
+    p.add_argument("--digits", type=int, nargs=2, default=None, metavar=("A", "B"),
+                   help="--multi: the target's two digits, one of 0-4 and one of 5-9 (default 1 7)")
+    p.add_argument("--pi-only", action="store_true", help="--multi: the π table only (no baselines, no fusion)")
     p = sub.add_parser("eval", help="score a run folder and write RUN_DIR/report.md")
     p.add_argument("run_dir")
     p.add_argument("--extractor", default="digits", choices=["digits", "inception"])
@@ -116,7 +119,8 @@ def main(argv=None):
         elif args.command == "demo" and args.multi:
             from .demo_multi import run_demo_multi
 
-            run_demo_multi(out=args.out, quick=args.quick, seed=args.seed, steps=args.steps, jobs=args.jobs)
+            run_demo_multi(out=args.out, quick=args.quick, seed=args.seed, steps=args.steps, jobs=args.jobs,
+                           digits=tuple(args.digits or (1, 7)), baselines=not args.pi_only)
         elif args.command == "demo":
             from .demo import DEMO_METHODS, run_demo
 

@@ -2,7 +2,8 @@
 
 Two WGAN-GP sources are pretrained on the built-in digits at 16 px (cached like the single
 demo's source): A on digits {0,1,2,3,4}, B on {5,6,7,8,9}. The target holds 100 images
-mixing digit 1 (A's domain) and digit 7 (B's) at a known share of 1s.
+mixing one digit of A's domain and one of B's (1 and 7 unless ``digits`` says otherwise) at
+a known share of the first.
 
 * For three shares (0.25 / 0.5 / 0.75) multi-generator mining runs with both selection
   rules (``permute``, ``max``) and the report puts the selector π next to the true ratio
@@ -25,7 +26,7 @@ from pathlib import Path
 
 GROUP_A = (0, 1, 2, 3, 4)
 GROUP_B = (5, 6, 7, 8, 9)
-DIGIT_A, DIGIT_B = 1, 7
+DIGITS = (1, 7)  # (one of A's digits, one of B's)
 RATIOS = (0.25, 0.5, 0.75)
 METRIC_RATIO = 0.5
 RULES = ("permute", "max")
@@ -50,15 +51,15 @@ QUICK = MultiSettings(source_steps=20, steps=6, fuse_steps=6, batch_size=16, rep
 
 
 # --------------------------------------------------------------------------- data
-def mixed_target(share_a: float, n: int = TARGET_SIZE, size: int = 16, seed: int = 0):
-    """n digits: round(n·share_a) 1s and the rest 7s (chosen at random with ``seed``)."""
+def mixed_target(share_a: float, n: int = TARGET_SIZE, size: int = 16, seed: int = 0, digits=DIGITS):
+    """n digits: round(n·share_a) of digits[0] and the rest digits[1] (chosen at random with ``seed``)."""
     import torch
 
     from .data import load_digits
 
     n_a = int(round(n * share_a))
     parts = []
-    for digit, k in ((DIGIT_A, n_a), (DIGIT_B, n - n_a)):
+    for digit, k in ((digits[0], n_a), (digits[1], n - n_a)):
         if k:
             parts.append(load_digits(labels=[digit], limit=k, size=size, seed=seed))
     x = torch.cat(parts)
@@ -90,20 +91,21 @@ def _pretrain_one(task):
 
 # --------------------------------------------------------------------------- scoring
 class MixScorer:
-    """FID / KMMD / MV against one target set, plus the classifier's shares of 1s and 7s."""
+    """FID / KMMD / MV against one target set, plus the classifier's shares of the two digits."""
 
-    def __init__(self, target):
+    def __init__(self, target, digits=DIGITS):
         from .evaluation import _Scorer
 
         self.base = _Scorer(target, "digits")
+        self.digits = tuple(digits)
 
     def classes(self, fake):
         from .metrics.scores import extract
 
         _, logits = extract(self.base.net, fake, with_logits=True)
         pred = logits.argmax(1)
-        n1, n7 = float((pred == DIGIT_A).sum()), float((pred == DIGIT_B).sum())
-        return {"target_share": (n1 + n7) / len(pred), "share_1": n1 / max(n1 + n7, 1.0)}
+        na, nb = (float((pred == d).sum()) for d in self.digits)
+        return {"target_share": (na + nb) / len(pred), "share_a": na / max(na + nb, 1.0)}
 
     def evaluate(self, sampler, repeats, seed=0):
         n = len(self.base.real)
@@ -111,7 +113,7 @@ class MixScorer:
         for r in range(repeats):
             fake = sampler.sample(n, seed=seed + 1000 * r)
             draws.append({**self.base.score(fake), **self.classes(fake)})
-        out = {k: sum(d[k] for d in draws) / len(draws) for k in ("fid", "kmmd", "mv", "target_share", "share_1")}
+        out = {k: sum(d[k] for d in draws) / len(draws) for k in ("fid", "kmmd", "mv", "target_share", "share_a")}
         fids = [d["fid"] for d in draws]
         m = sum(fids) / len(fids)
         out["fid_draw_std"] = math.sqrt(sum((f - m) ** 2 for f in fids) / (len(fids) - 1)) if len(fids) > 1 else 0.0
@@ -137,7 +139,8 @@ def _run_task(task: dict) -> dict:
     s = MultiSettings(**task["settings"])
     kind, ratio, out = task["kind"], task["ratio"], Path(task["out"])
     src = task["sources"]
-    target = mixed_target(ratio)
+    digits = tuple(task.get("digits", DIGITS))
+    target = mixed_target(ratio, digits=digits)
     run_dir = out / task["name"]
     shutil.rmtree(run_dir, ignore_errors=True)
     t0 = time.perf_counter()
@@ -162,10 +165,10 @@ def _run_task(task: dict) -> dict:
         sampler = r.sampler
     res["train_s"] = time.perf_counter() - t0
     sampler.eval()
-    scorer = MixScorer(target)
+    scorer = MixScorer(target, digits)
     if task["score"]:
         res["metrics"] = scorer.evaluate(sampler, s.repeats)
-    res["sample_share_1"] = scorer.classes(sampler.sample(s.share_n, seed=7))["share_1"]
+    res["sample_share_a"] = scorer.classes(sampler.sample(s.share_n, seed=7))["share_a"]
     if task.get("save_samples"):
         from .images import save_grid
 
@@ -183,15 +186,18 @@ LABELS = {"multi_permute": "MineGAN(multi), permute", "multi_max": "MineGAN(mult
           "transfergan_A": "TransferGAN (source A)", "transfergan_B": "TransferGAN (source B)"}
 
 
-def tasks_for(settings: MultiSettings, sources: dict, out: Path, seed=0) -> list[dict]:
-    base = dict(settings=asdict(settings), sources={k: str(v) for k, v in sources.items()}, out=str(out), seed=seed)
+def tasks_for(settings: MultiSettings, sources: dict, out: Path, seed=0, digits=DIGITS, ratios=RATIOS,
+              baselines=True) -> list[dict]:
+    base = dict(settings=asdict(settings), sources={k: str(v) for k, v in sources.items()}, out=str(out), seed=seed,
+                digits=list(digits))
     tasks = []
-    for ratio in RATIOS:
+    for ratio in ratios:
         for rule in RULES:
             tasks.append({**base, "kind": "multi", "rule": rule, "ratio": ratio, "name": f"multi_{rule}_r{ratio:g}",
                           "score": ratio == METRIC_RATIO, "save_samples": ratio == METRIC_RATIO})
     for name, kind, source in (("fusion", "fusion", None), ("minegan_pp_A", "minegan_pp", "A"),
-                               ("transfergan_A", "transfergan", "A"), ("transfergan_B", "transfergan", "B")):
+                               ("transfergan_A", "transfergan", "A"), ("transfergan_B", "transfergan", "B"))[
+                                   : 4 if baselines else 0]:
         tasks.append({**base, "kind": kind, "source": source, "ratio": METRIC_RATIO, "name": name, "score": True,
                       "save_samples": True})
     # longest first, so two workers finish together
@@ -209,8 +215,15 @@ def _pool_map(fn, tasks, jobs):
     return [fn(t) for t in tasks]
 
 
-def run_demo_multi(out="runs/demo_multi", quick=False, seed=0, jobs=1, steps=None, source_steps=None):
-    """Run the two-generator comparison and write ``OUT/report_multi.md``."""
+def run_demo_multi(out="runs/demo_multi", quick=False, seed=0, jobs=1, steps=None, source_steps=None, digits=DIGITS,
+                   ratios=RATIOS, baselines=True):
+    """Run the two-generator comparison and write ``OUT/report_multi.md``.
+
+    ``digits``: (one of A's digits 0-4, one of B's 5-9) mixed in the target; ``ratios``: the
+    shares of the first for which π is measured; ``baselines=False`` skips the single-generator
+    and fusion runs (the π table alone)."""
+    if len(digits) != 2 or digits[0] not in GROUP_A or digits[1] not in GROUP_B:
+        raise ValueError(f"digits must be one of A's {list(GROUP_A)} and one of B's {list(GROUP_B)}, got {digits}")
     import torch
 
     torch.set_num_threads(1)
@@ -224,9 +237,9 @@ def run_demo_multi(out="runs/demo_multi", quick=False, seed=0, jobs=1, steps=Non
            for n, g in (("A", GROUP_A), ("B", GROUP_B))]
     sources = dict(_pool_map(_pretrain_one, pre, jobs))
     source_s = time.perf_counter() - t_start
-    results = _pool_map(_run_task, tasks_for(s, sources, out, seed), jobs)
+    results = _pool_map(_run_task, tasks_for(s, sources, out, seed, digits, ratios, baselines), jobs)
     timing = {"total_s": time.perf_counter() - t_start, "source_s": source_s, "jobs": jobs}
-    report = write_report(out, results, s, sources, timing, seed)
+    report = write_report(out, results, s, sources, timing, seed, digits, ratios)
     print(f"wrote {report}")
     return {"report": report, "results": results, "timing": timing}
 
@@ -236,34 +249,35 @@ def _f(x, spec=".2f"):
     return "nan" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, spec)
 
 
-def write_report(out, results, s: MultiSettings, sources, timing, seed=0) -> Path:
+def write_report(out, results, s: MultiSettings, sources, timing, seed=0, digits=DIGITS, ratios=RATIOS) -> Path:
     from .report import _versions_line
 
     out = Path(out)
     multi = {(r["rule"], r["ratio"]): r for r in results if r["kind"] == "multi"}
-    lines = ["# fastmine demo-multi: two digits generators → a 1/7 mixture", "",
+    da, db = digits
+    lines = [f"# fastmine demo-multi: two digits generators → a {da}/{db} mixture", "",
              f"Source A: WGAN-GP on digits {list(GROUP_A)}; source B: on {list(GROUP_B)} (16 px, width 32, "
              f"{s.source_steps} steps each, cached: `{sources['A']}`, `{sources['B']}`). "
-             f"Target: {TARGET_SIZE} images of digit {DIGIT_A} (A's domain) and {DIGIT_B} (B's) at a known share of "
-             f"{DIGIT_A}s. Budget: {s.steps} generator-side updates per method (batch {s.batch_size}, n_critic 5); "
+             f"Target: {TARGET_SIZE} images of digit {digits[0]} (A's domain) and {digits[1]} (B's) at a known share of "
+             f"{digits[0]}s. Budget: {s.steps} generator-side updates per method (batch {s.batch_size}, n_critic 5); "
              f"fusion trains {s.fuse_steps} updates first, then mines for {s.steps}. Seed {seed}.", "",
              "## Selector π vs the true ratio (cf. MineGAN++ Table 4, bottom rows)", "",
              "π = fraction of critic-argmax wins over the last `selector_window` (1000) minibatches. "
-             "'sampled share of 1' = of the samples (π-drawn) the digits classifier calls 1 or 7, the fraction "
-             f"called 1 ({s.share_n} samples).", "",
-             "| true share of 1 : 7 | rule | π_A | π_B | sampled share of 1 |", "|---|---|---|---|---|"]
-    for ratio in RATIOS:
+             f"'sampled share of {da}' = of the samples (π-drawn) the digits classifier calls {da} or {db}, the "
+             f"fraction called {da} ({s.share_n} samples).", "",
+             f"| true share of {da} : {db} | rule | π_A | π_B | sampled share of {da} |", "|---|---|---|---|---|"]
+    for ratio in ratios:
         for rule in RULES:
             r = multi.get((rule, ratio))
             if r is None:
                 continue
             lines.append(f"| {ratio:.2f} : {1 - ratio:.2f} | {rule} | {_f(r['pi'][0])} | {_f(r['pi'][1])} | "
-                         f"{_f(r['sample_share_1'])} |")
+                         f"{_f(r['sample_share_a'])} |")
     lines += ["", f"## Metrics at share {METRIC_RATIO:g} (cf. Table 4, top rows)", "",
               f"Paper protocol against the {TARGET_SIZE}-image target ({TARGET_SIZE} samples per draw, mean of "
               f"{s.repeats} draws; digits-classifier features). Target share = fraction of samples classified as "
-              f"{DIGIT_A} or {DIGIT_B}; share of 1 = the fraction of those called {DIGIT_A} (true: {METRIC_RATIO:g}).", "",
-              "| method | FID ↓ | (draw std) | KMMD ↓ | MV ↑ | target share ↑ | share of 1 | train s |",
+              f"{da} or {db}; share of {da} = the fraction of those called {da} (true: {METRIC_RATIO:g}).", "",
+              f"| method | FID ↓ | (draw std) | KMMD ↓ | MV ↑ | target share ↑ | share of {da} | train s |",
               "|---|---|---|---|---|---|---|---|"]
     scored = [r for r in results if r.get("metrics")]
     order = ["multi_permute", "multi_max", "fusion", "minegan_pp_A", "transfergan_A", "transfergan_B"]
@@ -276,7 +290,7 @@ def write_report(out, results, s: MultiSettings, sources, timing, seed=0) -> Pat
         m = r["metrics"]
         label = LABELS.get(key(r)[1], r["name"])
         lines.append(f"| {label} | {_f(m['fid'])} | {_f(m['fid_draw_std'])} | {_f(m['kmmd'], '.4f')} | "
-                     f"{_f(m['mv'], '.3f')} | {_f(m['target_share'])} | {_f(m['share_1'])} | {r['train_s']:.0f} |")
+                     f"{_f(m['mv'], '.3f')} | {_f(m['target_share'])} | {_f(m['share_a'])} | {r['train_s']:.0f} |")
     singles = [r for r in scored if r["kind"] == "transfergan"]
     if singles:
         best = min(singles, key=lambda r: r["metrics"]["fid"])

@@ -74,8 +74,8 @@ class Trainer:
         self.sampler = sampler.to(self.device)
         self.critic = critic.to(self.device)
         if cfg.channels_last:  # 4-d weights and images in NHWC: what cuDNN / oneDNN convolutions prefer
-            self.sampler.to(memory_format=torch.channels_last)
-            self.critic.to(memory_format=torch.channels_last)
+            _to_channels_last(self.sampler)
+            _to_channels_last(self.critic)
         if cfg.gp_weight and cfg.gp_weight > 0:
             check_critic_for_penalty(self.critic)
         self.data = DeviceSampler(data, self.device, channels_last=cfg.channels_last)
@@ -193,9 +193,12 @@ class Trainer:
         with torch.no_grad(), self._autocast():
             fake = self.sampler(self._draw(lambda n, g: self.sampler.draw_seeds(n, g, self.device)))
         fake = fake.to(real.dtype)
-        with self._autocast():  # one pass: no batch norm, so rows are independent
-            scores = _at_least_fp32(self.critic(torch.cat([real, fake])))
-        d_real, d_fake = scores[:B], scores[B:]
+        with self._autocast():
+            if self.device.type == "cuda":  # one pass, half the launches (no batch norm: rows are independent)
+                scores = _at_least_fp32(self.critic(torch.cat([real, fake])))
+                d_real, d_fake = scores[:B], scores[B:]
+            else:  # oneDNN's convolution backward is slower at 2B than twice at B (benchmarks/RESULTS.md)
+                d_real, d_fake = _at_least_fp32(self.critic(real)), _at_least_fp32(self.critic(fake))
         loss = critic_loss(d_fake, d_real)
         self._track("wasserstein", d_real.mean() - d_fake.mean(), step)
         if cfg.gp_weight > 0 and critic_iter % max(1, cfg.gp_every) == 0:
@@ -380,6 +383,16 @@ class Trainer:
         if self.run_dir and self.is_main:
             _truncate_metrics(self.run_dir / "metrics.jsonl", step)
         return step
+
+
+def _to_channels_last(module):
+    """4-d weights to NHWC in place, leaving sharded ones alone (FSDP2 / ZeRO-3 own their
+    storage; their gathered weights are used as they come)."""
+    from .distributed import is_sharded_param
+
+    for p in module.parameters():
+        if p.dim() == 4 and not is_sharded_param(p):
+            p.data = p.data.contiguous(memory_format=torch.channels_last)
 
 
 def _at_least_fp32(x):

@@ -80,7 +80,7 @@ def _bench(args, tmp_path):
 
 def test_bench_command_writes_a_row_per_config_and_variant(tmp_path):
     proc, res = _bench(["--configs", "multi-n4", "--image-size", "16", "--width", "8", "--warmup", "1", "--steps", "1",
-                        "--reps", "1", "--device", "cpu", "--variant", "train.gp_every=4"], tmp_path)
+                        "--reps", "1", "--device", "cpu", "--variant", "train.gp_every=4", "--profile"], tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = res["rows"]
     assert [(r["config"], r["variant"]) for r in rows] == [("multi-n4", "default"), ("multi-n4", "train.gp_every=4")]
@@ -91,6 +91,11 @@ def test_bench_command_writes_a_row_per_config_and_variant(tmp_path):
     assert rows[0]["numerics"]["float64"]["max_rel_diff"] < 1e-9
     assert res["meta"]["device"] == "cpu" and res["meta"]["sizes"]
     assert "| multi-n4 | default |" in proc.stdout
+    prof = rows[0]["profile"]
+    for side in ("reference", "fastmine"):  # where the time goes: convolutions dominate these DCGANs
+        assert prof[side]["ops_per_update"] > 100
+        assert any("conv" in t["name"] for t in prof[side]["top"][:3])
+    assert "### multi-n4" in proc.stdout
 
 
 def test_bench_takes_a_users_mining_config(tmp_path, digits_source):

@@ -17,6 +17,18 @@ def test_mixed_target_has_the_asked_ratio():
     assert int(is_one.sum()) == 25
 
 
+def test_mixed_target_takes_other_digits_and_refuses_a_pair_from_one_source():
+    from fastmine.data import load_digits
+    from fastmine.demo_multi import mixed_target, run_demo_multi
+
+    x = mixed_target(0.75, digits=(0, 6))
+    zeros = load_digits(labels=[0], size=16)
+    is_zero = (x.flatten(1)[:, None, :] == zeros.flatten(1)[None]).all(-1).any(1)
+    assert int(is_zero.sum()) == 75
+    with pytest.raises(ValueError, match="one of A's"):
+        run_demo_multi(digits=(1, 2))
+
+
 def test_quick_multi_demo_report(tmp_path, monkeypatch):
     torch = pytest.importorskip("torch")
     torch.set_num_threads(1)
