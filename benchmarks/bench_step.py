@@ -386,7 +386,7 @@ def _curves(spec, device, steps, variant=(), dtype="float32"):
 def numerics_check(spec, device, steps=None, dtype="float32", variant=()):
     """Same state, same draws: max over terms of max|Δ| / max|reference| over the updates.
 
-    In fp32 two correct implementations drift apart through rounding (one critic pass over
+    In fp32 two correct implementations drift apart through rounding (on CUDA one critic pass over
     [real, fake] against two, re-run candidates against gathered ones), and with several
     generators a near-tie between two candidates can flip the argmax and send the runs
     apart; in float64 neither happens, so that check shows the two compute the same thing."""

@@ -97,9 +97,9 @@ def main(argv=None):
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads per run (1 is fastest on a shared 2-core box)")
     p.add_argument("--jobs", type=int, default=1, help="runs trained in parallel processes (e.g. the core count)")
     p.add_argument("--multi", action="store_true",
-                   help="the two-generator task instead (sources on 0-4 / 5-9, a 1/7 target): OUT/report_multi.md")
+                   help="the two-generator task instead (sources on 0-4 / 5-9, a 2/6 target): OUT/report_multi.md")
     p.add_argument("--digits", type=int, nargs=2, default=None, metavar=("A", "B"),
-                   help="--multi: the target's two digits, one of 0-4 and one of 5-9 (default 1 7)")
+                   help="--multi: the target's two digits, one of 0-4 and one of 5-9 (default 2 6)")
     p.add_argument("--pi-only", action="store_true", help="--multi: the π table only (no baselines, no fusion)")
     p = sub.add_parser("eval", help="score a run folder and write RUN_DIR/report.md")
     p.add_argument("run_dir")
@@ -117,10 +117,10 @@ def main(argv=None):
         if args.command == "sample":
             _sample(args)
         elif args.command == "demo" and args.multi:
-            from .demo_multi import run_demo_multi
+            from .demo_multi import DIGITS, run_demo_multi
 
             run_demo_multi(out=args.out, quick=args.quick, seed=args.seed, steps=args.steps, jobs=args.jobs,
-                           digits=tuple(args.digits or (1, 7)), baselines=not args.pi_only)
+                           digits=tuple(args.digits or DIGITS), baselines=not args.pi_only)
         elif args.command == "demo":
             from .demo import DEMO_METHODS, run_demo
 

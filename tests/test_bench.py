@@ -2,7 +2,7 @@
 
 The reference is only a yardstick if it trains the same thing: from the same weights and
 the same random numbers it must log the same losses as fastmine. In float64 every rounding
-difference between the two (one critic pass over [real, fake] against two, re-run
+difference between the two (on CUDA one critic pass over [real, fake] against two, re-run
 candidates against gathered scores) stays far below 1e-9, so a real difference in the
 math — a missing term, another ε, an optimizer that skips a parameter — shows up.
 """
@@ -86,7 +86,8 @@ def test_bench_command_writes_a_row_per_config_and_variant(tmp_path):
     assert [(r["config"], r["variant"]) for r in rows] == [("multi-n4", "default"), ("multi-n4", "train.gp_every=4")]
     for r in rows:
         assert r["reference_ms"] > 0 and r["fastmine_ms"] > 0
-        assert r["speedup"] == pytest.approx(r["reference_ms"] / r["fastmine_ms"])
+        # one rep: the paired speed-up is the one block ratio (blocks are stored to 0.01 ms)
+        assert r["speedup"] == pytest.approx(r["reference_ms"] / r["fastmine_ms"], rel=1e-3)
         assert r["reference_peak_bytes"] > 0 and r["fastmine_peak_bytes"] > 0
     assert rows[0]["numerics"]["float64"]["max_rel_diff"] < 1e-9
     assert res["meta"]["device"] == "cpu" and res["meta"]["sizes"]

@@ -8,11 +8,11 @@ import pytest
 
 def test_mixed_target_has_the_asked_ratio():
     from fastmine.data import load_digits
-    from fastmine.demo_multi import mixed_target
+    from fastmine.demo_multi import DIGITS, mixed_target
 
     x = mixed_target(0.25)
     assert x.shape == (100, 1, 16, 16)
-    ones = load_digits(labels=[1], size=16)
+    ones = load_digits(labels=[DIGITS[0]], size=16)
     is_one = (x.flatten(1)[:, None, :] == ones.flatten(1)[None]).all(-1).any(1)
     assert int(is_one.sum()) == 25
 
