@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -37,19 +36,14 @@ ARCHS = {"deep": {"type": "mlp", "latent_dim": 128, "out_dim": 128, "width": 819
          "wide": {"type": "mlp", "latent_dim": 128, "out_dim": 128, "width": 18432, "depth": 5}}
 ARCH = ARCHS[os.environ.get("FASTMINE_BENCH_ARCH", "deep")]
 
+from fastmine_benchmarks.bench_step import _free_port, _status  # noqa: E402  (shared with the step benchmark)
+
 
 def mlp_generator_1b():
     """The benchmark's generator (also usable as ``source.generator: bench_sharded:mlp_generator_1b``)."""
     from fastmine.nets import build_generator
 
     return build_generator(ARCH)
-
-
-def _status(key):
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(key + ":"):
-            return int(line.split()[1]) * 1024  # kB -> bytes
-    return -1
 
 
 def _reset_peak():
@@ -100,12 +94,6 @@ def child(mode, steps, per_rank_batch, out):
            "step_s_all": [round(t, 3) for t in step_times], "last_metrics": result.metrics}
     Path(out).mkdir(parents=True, exist_ok=True)
     Path(out, f"{os.environ.get('FASTMINE_BENCH_ARCH', 'deep')}-{mode}-rank{rank}.json").write_text(json.dumps(row))
-
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _peak_whole_process(cmd, env):

@@ -169,14 +169,13 @@ class ReplayDraws:
             raise ValueError("the numerics check replays one random stream (train.streams = 1)")
         self.torch = torch
         self.g = distributed.make_streams(trainer.seed, trainer.streams, trainer.device)[0]
-        self.data, self.sampler, self.device = trainer.data.data, trainer.sampler, trainer.device
+        self.data, self.sampler, self.device = trainer.data, trainer.sampler, trainer.device
         self.multi = isinstance(trainer.sampler, MultiSampler)
         # the permute rule's stream: MultiSampler seeds it with the run's seed
         self.perm_gen = torch.Generator().manual_seed(trainer.seed)
 
     def real(self, n):
-        idx = self.torch.randint(len(self.data), (n,), generator=self.g, device=self.data.device)
-        return self.data[idx]
+        return self.data.batch(n, self.g)  # the trainer's own sampler, on the replayed stream
 
     def seeds(self, n):
         s = self.sampler.draw_seeds(n, self.g, self.device)

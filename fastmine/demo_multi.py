@@ -198,9 +198,9 @@ def tasks_for(settings: MultiSettings, sources: dict, out: Path, seed=0, digits=
         for rule in RULES:
             tasks.append({**base, "kind": "multi", "rule": rule, "ratio": ratio, "name": f"multi_{rule}_r{ratio:g}",
                           "score": ratio == METRIC_RATIO, "save_samples": ratio == METRIC_RATIO})
-    for name, kind, source in (("fusion", "fusion", None), ("minegan_pp_A", "minegan_pp", "A"),
-                               ("transfergan_A", "transfergan", "A"), ("transfergan_B", "transfergan", "B"))[
-                                   : 4 if baselines else 0]:
+    others = (("fusion", "fusion", None), ("minegan_pp_A", "minegan_pp", "A"),
+              ("transfergan_A", "transfergan", "A"), ("transfergan_B", "transfergan", "B"))
+    for name, kind, source in others if baselines else ():
         tasks.append({**base, "kind": kind, "source": source, "ratio": METRIC_RATIO, "name": name, "score": True,
                       "save_samples": True})
     # longest first, so two workers finish together
