@@ -83,6 +83,16 @@ def _check_output_matches(sampler: Sampler, data: torch.Tensor, device):
                          f"shape {tuple(data.shape[1:])}{hint}")
 
 
+def resolve_run_config(method, seed, miner_cfg=None, model_cfg=None, train_cfg=None, train_kwargs=None) -> RunConfig:
+    """The settings of a Python-API run: sections given as dataclasses or dicts (copied, never
+    changed), ``train_kwargs`` over ``train_cfg``, ``None`` fields from the method's defaults."""
+    miner_cfg = from_dict(MinerConfig, miner_cfg) if isinstance(miner_cfg, dict) else copy.deepcopy(miner_cfg or MinerConfig())
+    tcfg = from_dict(TrainConfig, train_cfg) if isinstance(train_cfg, dict) else copy.deepcopy(train_cfg or TrainConfig())
+    tcfg = dataclasses.replace(tcfg, **(train_kwargs or {}))
+    rc = RunConfig(method=method, seed=seed, train=tcfg, miner=miner_cfg, model=model_cfg or ModelConfig())
+    return fill_defaults(rc)
+
+
 @dataclass
 class Run:
     """A run built and ready to train: its :class:`Trainer` and what to write after it.
@@ -125,13 +135,8 @@ def prepare(generator, target, *, method="minegan_noft", miner=None, critic=None
     """
     m = get_method(method)
     device = resolve_device(device)
-    model_cfg = model_cfg or ModelConfig()
-    miner_cfg = from_dict(MinerConfig, miner_cfg) if isinstance(miner_cfg, dict) else copy.deepcopy(miner_cfg or MinerConfig())
-    tcfg = from_dict(TrainConfig, train_cfg) if isinstance(train_cfg, dict) else copy.deepcopy(train_cfg or TrainConfig())
-    tcfg = dataclasses.replace(tcfg, **train_kwargs)
-    rc = RunConfig(method=method, seed=seed, train=tcfg, miner=miner_cfg, model=model_cfg)
-    fill_defaults(rc)
-    tcfg, miner_cfg = rc.train, rc.miner
+    rc = resolve_run_config(method, seed, miner_cfg, model_cfg, train_cfg, train_kwargs)
+    tcfg, miner_cfg, model_cfg = rc.train, rc.miner, rc.model
     if isinstance(target, (str, Path)):
         from .data import load_image_folder
 

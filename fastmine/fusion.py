@@ -27,7 +27,6 @@ codes so that a resumed run replays the same batches).
 from __future__ import annotations
 
 import copy
-import dataclasses
 
 import torch
 import torch.nn.functional as F
@@ -154,18 +153,12 @@ def fuse(generators, *, init_from: int = 0, critic=None, spacing=None, sigma=Non
     sampler is a :class:`FusedSampler` (unlabelled). ``spacing`` / ``sigma`` / ``label_critic``
     default to ``train.fusion_spacing`` / ``fusion_sigma`` / ``fusion_label_critic``."""
     from . import api
-    from .config import ModelConfig, RunConfig, TrainConfig, from_dict
-    from .methods import fill_defaults
     from .nets import build_critic
     from .trainer import ParamGroup, Trainer
 
     device = api.resolve_device(device)
-    model_cfg = model_cfg or ModelConfig()
-    tcfg = from_dict(TrainConfig, train_cfg) if isinstance(train_cfg, dict) else copy.deepcopy(train_cfg or TrainConfig())
-    tcfg = dataclasses.replace(tcfg, **train_kwargs)
-    rc = RunConfig(method="fuse", seed=seed, train=tcfg, model=model_cfg)
-    fill_defaults(rc)
-    tcfg = rc.train
+    rc = api.resolve_run_config("fuse", seed, None, model_cfg, train_cfg, train_kwargs)
+    tcfg, model_cfg = rc.train, rc.model
     spacing = tcfg.fusion_spacing if spacing is None else spacing
     sigma = tcfg.fusion_sigma if sigma is None else sigma
     label_critic = tcfg.fusion_label_critic if label_critic is None else label_critic

@@ -36,8 +36,6 @@ Two paths give the same result:
 """
 from __future__ import annotations
 
-import copy
-import dataclasses
 import json
 from pathlib import Path
 
@@ -321,18 +319,11 @@ def prepare_multi(generators, target, *, critic=None, rule=None, window=None, pa
         ``selection_path`` of the config (permute / 1000 / fast).
     """
     from . import api
-    from .config import MinerConfig, ModelConfig, RunConfig, TrainConfig, from_dict
-    from .methods import fill_defaults
     from .trainer import ParamGroup, Trainer
 
     device = api.resolve_device(device)
-    model_cfg = model_cfg or ModelConfig()
-    miner_cfg = from_dict(MinerConfig, miner_cfg) if isinstance(miner_cfg, dict) else copy.deepcopy(miner_cfg or MinerConfig())
-    tcfg = from_dict(TrainConfig, train_cfg) if isinstance(train_cfg, dict) else copy.deepcopy(train_cfg or TrainConfig())
-    tcfg = dataclasses.replace(tcfg, **train_kwargs)
-    rc = RunConfig(method="minegan_multi", seed=seed, train=tcfg, miner=miner_cfg, model=model_cfg)
-    fill_defaults(rc)
-    tcfg, miner_cfg = rc.train, rc.miner
+    rc = api.resolve_run_config("minegan_multi", seed, miner_cfg, model_cfg, train_cfg, train_kwargs)
+    tcfg, miner_cfg, model_cfg = rc.train, rc.miner, rc.model
     rule = rule or getattr(tcfg, "selector_rule", "permute")
     window = window or getattr(tcfg, "selector_window", 1000)
     path = path or getattr(tcfg, "selection_path", "fast")
