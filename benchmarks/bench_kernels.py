@@ -51,7 +51,6 @@ def copy_bandwidth_gbps(quick) -> float:
     src = torch.empty(n, dtype=torch.float32, device=DEVICE).uniform_()
     dst = torch.empty_like(src)
     ms = _median_ms(lambda: dst.copy_(src), quick)
-    del src, dst
     return 2 * n * 4 / ms / 1e6
 
 
@@ -169,7 +168,6 @@ def bench_select(fk, k, n, quick, copy_gbps, window_len=1000):
     bytes_moved = k * n * 4 + 2 * k * d * 4
     t_ms = _median_ms(lambda: run("triton"), quick)
     e_ms = _median_ms(lambda: run("torch"), quick)
-    del candidates
     return {
         "bytes_moved": bytes_moved,
         "bytes_formula": f"K*N*4 + 2*K*D*4 (D={d}); plus window {window_len}*N*4 and ~4*K*8 index bytes",

@@ -73,10 +73,11 @@ class TrainConfig:
     impl: str = "auto"               # kernels: auto | triton | torch
     # speed options (benchmarks/RESULTS.md measures each): bf16 autocast of the generator and
     # of the critic's loss passes (the penalty's pass stays fp32), channels_last images and
-    # convolutions, Adam's fused implementation
+    # convolutions, Adam's fused implementation, torch.compile of the first-order passes
     amp: str = "none"                # none | bf16
-    channels_last: bool = False
+    channels_last: Optional[bool] = None  # None: on for the CPU (measured faster there), off on CUDA (not yet measured)
     fused_adam: bool = False
+    compile: str = "none"            # none | sampler | first_order (sampler and the critic's loss passes)
     log_every: int = 10
     sample_every: int = 250
     checkpoint_every: int = 250

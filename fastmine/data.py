@@ -144,7 +144,7 @@ class DeviceSampler:
 
     def __init__(self, data: torch.Tensor, device, channels_last: bool = False):
         self.data = data.to(device)
-        if channels_last and self.data.ndim == 4:
+        if channels_last and torch.is_tensor(self.data) and self.data.ndim == 4:  # not fusion's PseudoRealData
             self.data = self.data.contiguous(memory_format=torch.channels_last)
 
     def __len__(self):

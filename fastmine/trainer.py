@@ -25,6 +25,7 @@ from .losses import check_critic_for_penalty, critic_loss, gradient_penalty, sam
 from .models import atomic_save_safetensors
 
 AMP = ("none", "bf16")
+COMPILE = ("none", "sampler", "first_order")
 TERMS = ("loss_critic", "loss_sampler", "penalty", "wasserstein", "grad_norm")
 
 
@@ -73,12 +74,14 @@ class Trainer:
             raise ValueError(f"train.amp must be one of {', '.join(AMP)}, got {cfg.amp!r}")
         self.sampler = sampler.to(self.device)
         self.critic = critic.to(self.device)
-        if cfg.channels_last:  # 4-d weights and images in NHWC: what cuDNN / oneDNN convolutions prefer
+        self.channels_last = _resolve_channels_last(cfg.channels_last, self.device)
+        if self.channels_last:  # 4-d weights and images in NHWC: what cuDNN / oneDNN convolutions prefer
             _to_channels_last(self.sampler)
             _to_channels_last(self.critic)
         if cfg.gp_weight and cfg.gp_weight > 0:
             check_critic_for_penalty(self.critic)
-        self.data = DeviceSampler(data, self.device, channels_last=cfg.channels_last)
+        self._sampler_fwd, self._critic_fwd = _compiled(self.sampler, self.critic, cfg.compile)
+        self.data = DeviceSampler(data, self.device, channels_last=self.channels_last)
         self.groups = list(groups)
         self.critic_params = [p for p in (critic_params if critic_params is not None else critic.parameters())]
         if not self.critic_params:
@@ -191,14 +194,15 @@ class Trainer:
         B = cfg.batch_size
         real = self._draw(self.data.batch)
         with torch.no_grad(), self._autocast():
-            fake = self.sampler(self._draw(lambda n, g: self.sampler.draw_seeds(n, g, self.device)))
+            fake = self._sampler_fwd(self._draw(lambda n, g: self.sampler.draw_seeds(n, g, self.device)))
         fake = fake.to(real.dtype)
+        critic = self._critic_fwd  # the loss passes are first order: compiled with train.compile=first_order
         with self._autocast():
             if self.device.type == "cuda":  # one pass, half the launches (no batch norm: rows are independent)
-                scores = _at_least_fp32(self.critic(torch.cat([real, fake])))
+                scores = _at_least_fp32(critic(torch.cat([real, fake])))
                 d_real, d_fake = scores[:B], scores[B:]
             else:  # oneDNN's convolution backward is slower at 2B than twice at B (benchmarks/RESULTS.md)
-                d_real, d_fake = _at_least_fp32(self.critic(real)), _at_least_fp32(self.critic(fake))
+                d_real, d_fake = _at_least_fp32(critic(real)), _at_least_fp32(critic(fake))
         loss = critic_loss(d_fake, d_real)
         self._track("wasserstein", d_real.mean() - d_fake.mean(), step)
         if cfg.gp_weight > 0 and critic_iter % max(1, cfg.gp_every) == 0:
@@ -222,8 +226,8 @@ class Trainer:
             p.requires_grad_(False)  # no critic gradients are needed for the sampler's loss
         try:
             with self._autocast():
-                fake = self.sampler(self._draw(lambda n, g: self.sampler.draw_seeds(n, g, self.device)))
-                scores = self.critic(fake)
+                fake = self._sampler_fwd(self._draw(lambda n, g: self.sampler.draw_seeds(n, g, self.device)))
+                scores = self._critic_fwd(fake)
             loss = sampler_loss(_at_least_fp32(scores))
             self.opt_sampler.zero_grad(set_to_none=True)
             loss.backward()
@@ -383,6 +387,41 @@ class Trainer:
         if self.run_dir and self.is_main:
             _truncate_metrics(self.run_dir / "metrics.jsonl", step)
         return step
+
+
+def _compiled(sampler, critic, mode):
+    """(sampler, critic) forwards for the first-order passes, compiled per ``train.compile``.
+
+    The penalty's pass always runs the eager critic: torch.compile does not support the
+    double backward (DESIGN.md §7). The compiled wrappers share the modules' parameters, so
+    checkpoints, optimizers and phase switches see one set of weights (a switch of
+    requires_grad or train/eval is a guard: it recompiles once).
+    """
+    if mode not in COMPILE:
+        raise ValueError(f"train.compile must be one of {', '.join(COMPILE)}, got {mode!r}")
+    if mode == "none":
+        return sampler, critic
+    if hasattr(sampler, "bind_critic"):
+        raise ValueError("train.compile compiles a single-generator sampler; the multi-generator sampler picks "
+                         "candidates by the critic's scores (data-dependent shapes). Set train.compile=none.")
+    from .distributed import is_sharded_param
+
+    if any(is_sharded_param(p) for p in sampler.parameters()):
+        raise ValueError("train.compile does not compile a sharded generator (FSDP2 / ZeRO-3 gather its weights "
+                         "in hooks). Set train.compile=none or dist.shard=none.")
+    compiled_sampler = torch.compile(sampler, dynamic=False)
+    return compiled_sampler, torch.compile(critic, dynamic=False) if mode == "first_order" else critic
+
+
+def _resolve_channels_last(setting, device):
+    """``train.channels_last``: true / false, or None for the measured default — on for the
+    CPU, where it removed oneDNN's layout copies around the transposed convolutions (1.06x
+    per update at batch 64 and 256, benchmarks/RESULTS.md), off on CUDA until measured there."""
+    if setting is None:
+        return device.type == "cpu"
+    if not isinstance(setting, bool):
+        raise ValueError(f"train.channels_last must be true, false or null (auto: on for the CPU), got {setting!r}")
+    return setting
 
 
 def _to_channels_last(module):

@@ -21,8 +21,10 @@ TINY = {"image_size": 16, "width": 8}
 
 @pytest.mark.parametrize("name, variant", [
     ("single-b64", []),
-    ("single-b64", ["train.channels_last=true"]),
+    ("single-b64", ["train.channels_last=false"]),  # the CPU's default is channels_last
     ("single-b64", ["train.fused_adam=true"]),
+    # compiled sampler and critic loss passes; the penalty's double backward stays eager
+    ("single-b64", ["train.compile=first_order"]),
     # a generator none of whose candidates is chosen gets a zero gradient, so Adam still
     # moves its miner on momentum, as the loss over every candidate does (it did not: found here)
     ("multi-n4", []),
@@ -30,8 +32,14 @@ TINY = {"image_size": 16, "width": 8}
     ("multi-n4", ["train.selection_path=naive"]),
 ])
 def test_fastmine_logs_the_references_losses_in_float64(one_thread, name, variant):
+    from torch._dynamo.utils import counters
+
+    counters.clear()
     res = bench_step.numerics_check({"name": name, **TINY}, "cpu", steps=12, dtype="float64", variant=variant)
     assert res["max_rel_diff"] < 1e-9, res
+    if "train.compile=first_order" in variant:  # it did compile, whole: the sampler with and without
+        # grad, the critic with its weights trainable and frozen
+        assert counters["stats"]["unique_graphs"] >= 4 and not counters["graph_break"], dict(counters)
 
 
 def test_float32_runs_agree_closely(one_thread):
@@ -69,6 +77,20 @@ def test_bf16_autocast_follows_the_fp32_curves(one_thread):
 def test_unknown_amp_setting_is_refused():
     with pytest.raises(ValueError, match="train.amp must be one of none, bf16"):
         bench_step.build_fastmine({"name": "single-b64", **TINY}, "cpu", ["train.amp=fp8"])
+
+
+def test_channels_last_defaults_to_the_cpu_and_refuses_other_values():
+    assert bench_step.build_fastmine({"name": "single-b64", **TINY}, "cpu").channels_last
+    assert not bench_step.build_fastmine({"name": "single-b64", **TINY}, "cpu", ["train.channels_last=false"]).channels_last
+    with pytest.raises(ValueError, match="train.channels_last must be true, false or null"):
+        bench_step.build_fastmine({"name": "single-b64", **TINY}, "cpu", ["train.channels_last=auto"])
+
+
+def test_compile_is_refused_where_it_cannot_apply():
+    with pytest.raises(ValueError, match="train.compile must be one of none, sampler, first_order"):
+        bench_step.build_fastmine({"name": "single-b64", **TINY}, "cpu", ["train.compile=true"])
+    with pytest.raises(ValueError, match="multi-generator sampler picks candidates"):
+        bench_step.build_fastmine({"name": "multi-n4", **TINY}, "cpu", ["train.compile=sampler"])
 
 
 def _bench(args, tmp_path):

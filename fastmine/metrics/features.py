@@ -18,6 +18,7 @@ gives both in one pass), Inception has none that we use.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 from pathlib import Path
@@ -187,14 +188,12 @@ class InceptionFeatures(nn.Module):
         super().__init__()
         if weights_path is None or not Path(weights_path).is_file():
             raise FileNotFoundError(_missing_inception_message(weights_path))
-        try:
-            import torch_fidelity  # noqa: F401
-        except ImportError as e:  # pragma: no cover - depends on the environment
+        if importlib.util.find_spec("torch_fidelity") is None:  # pragma: no cover - depends on the environment
             raise ImportError(
                 "extractor='inception' needs the optional package torch-fidelity "
                 "(`pip install torch-fidelity`, or `pip install torchmetrics[image]`); "
                 "it is only used to build the network around your local weights file."
-            ) from e
+            )
         from torchmetrics.image.fid import NoTrainInceptionV3
 
         self.weights_path = str(weights_path)
