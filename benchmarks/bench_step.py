@@ -289,10 +289,71 @@ def time_pair(spec, variant, device, warmup, steps, reps, threads):
                    "peak_bytes": int(peaks[side]) if clock.cuda else None} for side, b in blocks.items()}
 
 
+def device_ceilings(device, reps=5):
+    """What this device reaches, measured here (the best of ``reps``): a large fp32 matmul in
+    TFLOP/s (TF32 where torch's matmul precision allows it, as in the steps) and a large copy
+    in GB/s (bytes read + written) — the ceilings an update's rates are set against."""
+    import torch
+
+    clock = _Clock(device)
+    n, m = (8192, 1 << 28) if clock.cuda else (1024, 1 << 24)  # matmul side; copy of 1 GiB / 64 MiB fp32
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+    src = torch.empty(m, device=device).uniform_()
+    dst = torch.empty_like(src)
+
+    def best(fn):
+        fn()
+        times = []
+        for _ in range(reps):
+            clock.sync()
+            t0 = time.perf_counter()
+            fn()
+            clock.sync()
+            times.append(time.perf_counter() - t0)
+        return min(times)
+
+    return {"matmul_tflops": 2 * n**3 / best(lambda: torch.mm(a, b)) / 1e12, "matmul_size": n,
+            "copy_gbps": 2 * m * 4 / best(lambda: dst.copy_(src)) / 1e9, "copy_bytes": 2 * m * 4,
+            "allow_tf32": bool(clock.cuda and torch.backends.cuda.matmul.allow_tf32)}
+
+
+def count_work(step):
+    """FLOPs and bytes of one call of ``step``: FLOPs by torch.utils.flop_counter's formulas
+    (matmuls and convolutions, forward, backward and double backward); bytes as the inputs and
+    outputs of every aten op that is not a view, each counted once per op — an estimate of
+    memory traffic: it ignores caches, counts an indexed tensor whole, and misses Triton
+    kernels (not aten ops)."""
+    import torch
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils._pytree import tree_flatten
+    from torch.utils.flop_counter import flop_registry
+
+    totals = {"flops_per_update": 0, "bytes_per_update": 0}
+
+    # one dispatch mode of our own: FlopCounterMode's per-module tracking hooks fail inside
+    # the penalty's autograd.grad
+    class Count(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            kwargs = kwargs or {}
+            out = func(*args, **kwargs)
+            if func._overloadpacket in flop_registry:
+                totals["flops_per_update"] += flop_registry[func._overloadpacket](*args, **kwargs, out_val=out)
+            if not func.is_view:
+                tensors = [t for t in tree_flatten((args, kwargs, out))[0] if isinstance(t, torch.Tensor)]
+                # an expanded tensor is read from its storage, not once per broadcast element
+                totals["bytes_per_update"] += sum(min(t.nbytes, t.untyped_storage().nbytes()) for t in tensors)
+            return out
+
+    with Count():
+        step()
+    return totals
+
+
 def profile_pair(spec, variant, device, updates=2, top=8, threads=1):
     """Where an update's time goes, per side (torch.profiler over ``updates`` updates after one
     warm-up): the ops (CUDA: kernels) with the most self time, the number of ops or kernel
-    launches per update, and the host time not covered by device work (CUDA only)."""
+    launches per update, the host time not covered by device work (CUDA only), and the FLOPs
+    and bytes of one update (:func:`count_work`), with this device's ceilings to set them against."""
     import torch
     from torch.profiler import ProfilerActivity, profile
 
@@ -301,9 +362,10 @@ def profile_pair(spec, variant, device, updates=2, top=8, threads=1):
     ref = build_reference(build_fastmine(spec, device, ()))
     steppers = {"reference": ref.step, "fastmine": _stepper("fastmine", build_fastmine(spec, device, variant))}
     clock = _Clock(device)
-    out = {}
+    out = {"device": device_ceilings(device)}
     for side, step in steppers.items():
         step()
+        work = count_work(step)
         clock.sync()
         acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
         t0 = time.perf_counter()
@@ -332,15 +394,34 @@ def profile_pair(spec, variant, device, updates=2, top=8, threads=1):
                          "top": [{"name": e.key, "self_us_per_update": e.self_cpu_time_total / updates,
                                   "calls_per_update": e.count / updates} for e in rows]}
         out[side]["wall_ms_per_update"] = wall_us / updates / 1000
+        out[side] |= work
     return out
 
 
+def rates(work, ms, ceilings) -> dict:
+    """An update's FLOP and byte rates at ``ms`` per update, and their fractions of the
+    device's measured matmul and copy ceilings."""
+    tflops = work["flops_per_update"] / (ms / 1000) / 1e12
+    gbps = work["bytes_per_update"] / (ms / 1000) / 1e9
+    return {"tflops": tflops, "matmul_fraction": tflops / ceilings["matmul_tflops"],
+            "gbps": gbps, "copy_fraction": gbps / ceilings["copy_gbps"]}
+
+
 def profile_text(label, prof) -> str:
-    lines = [f"### {label}"]
-    for side, p in prof.items():
+    dev = prof["device"]
+    lines = [f"### {label}", "", f"device ceilings, measured: fp32 matmul {dev['matmul_tflops']:.3g} TFLOP/s "
+             f"(n={dev['matmul_size']}{', TF32' if dev['allow_tf32'] else ''}), copy {dev['copy_gbps']:.3g} GB/s"]
+    for side in ("reference", "fastmine"):
+        p = prof[side]
         count = (f"{p['launches_per_update']:.0f} kernel launches, device busy {100 * p['device_busy_fraction']:.0f} %"
                  if "launches_per_update" in p else f"{p['ops_per_update']:.0f} aten ops")
-        lines += ["", f"{side}: {p['wall_ms_per_update']:.1f} ms per update under the profiler, {count} per update", "",
+        r = p.get("rates")
+        reached = (f"; at the timed {p['timed_ms']:.1f} ms: {r['tflops']:.3g} TFLOP/s = {100 * r['matmul_fraction']:.1f} % "
+                   f"of the matmul ceiling, {r['gbps']:.3g} GB/s = {100 * r['copy_fraction']:.1f} % of the copy ceiling"
+                   if r else "")
+        lines += ["", f"{side}: {p['wall_ms_per_update']:.1f} ms per update under the profiler, {count} per update; "
+                  f"{p['flops_per_update'] / 1e9:.3g} GFLOP and {p['bytes_per_update'] / 2**20:.4g} MiB of op "
+                  f"inputs + outputs per update{reached}", "",
                   "| op | self ms / update | calls / update |", "|---|---:|---:|"]
         lines += [f"| `{t['name']}` | {t['self_us_per_update'] / 1000:.2f} | {t['calls_per_update']:.0f} |"
                   for t in p["top"]]
@@ -554,7 +635,10 @@ def run_bench(specs, device, variants=(), warmup=2, steps=5, reps=3, threads=1, 
             if not v and bf16:
                 row["bf16"] = results[key(spec, {"what": "bf16"})]
             if not v and profile and not sharded(spec):
-                row["profile"] = results[key(spec, {"what": "profile", "variant": []})]
+                prof = row["profile"] = results[key(spec, {"what": "profile", "variant": []})]
+                for side in ("reference", "fastmine") if "error" not in prof else ():
+                    prof[side]["timed_ms"] = row[f"{side}_ms"]
+                    prof[side]["rates"] = rates(prof[side], row[f"{side}_ms"], prof["device"])
             rows.append(row)
     return rows
 
@@ -615,7 +699,8 @@ def main(argv=None):
     ap.add_argument("--no-check", action="store_true", help="skip the fp32 numerics check")
     ap.add_argument("--bf16-check", action="store_true", help="also compare bf16 loss curves over 200 updates")
     ap.add_argument("--profile", action="store_true",
-                    help="also profile 2 updates of each side: top ops/kernels, ops or launches per update")
+                    help="also profile 2 updates of each side: top ops/kernels, ops or launches per update, "
+                         "FLOPs and bytes per update against this device's measured matmul and copy ceilings")
     ap.add_argument("--out", default=None, help="JSON file (default benchmarks/results/bench_step_<device>.json)")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)

@@ -36,7 +36,7 @@ class HostDraws:
 
     def __init__(self, data: torch.Tensor, batch_size: int, seed_dim: int, seed_dist: str, device, seed: int = 0):
         self.device = torch.device(device)
-        data = data.detach().cpu()
+        data = data.detach().cpu().contiguous()
         sampler = RandomSampler(data, replacement=True, num_samples=1 << 30,
                                 generator=torch.Generator().manual_seed(seed))
         self.loader = DataLoader(TensorDataset(data), batch_size=batch_size, sampler=sampler,
@@ -83,6 +83,8 @@ class ReferenceMining:
                  gp_center=1.0, lr=4e-4, critic_lr=4e-4, betas=(0.5, 0.999), rule="permute"):
         self.samplers = [copy.deepcopy(s) for s in samplers]
         self.critic = copy.deepcopy(critic)
+        for p in (p for m in (*self.samplers, self.critic) for p in m.parameters()):
+            p.data = p.data.contiguous()  # the default memory format, whatever layout the caller's modules use
         self.params = [p for s in self.samplers for p in params_of(s)]
         self.critic_params = [p for p in self.critic.parameters() if p.requires_grad]
         self.draws = draws

@@ -93,6 +93,31 @@ def test_compile_is_refused_where_it_cannot_apply():
         bench_step.build_fastmine({"name": "multi-n4", **TINY}, "cpu", ["train.compile=sampler"])
 
 
+def test_count_work_counts_flops_and_bytes_of_a_known_step():
+    lin = torch.nn.Linear(16, 8)
+    x = torch.randn(32, 16)
+    # forward 2·B·in·out; backward the same for the weight gradient, and again for the input's
+    assert bench_step.count_work(lambda: lin(x).sum().backward())["flops_per_update"] == 2 * 2 * 32 * 16 * 8
+    x.requires_grad_(True)
+    assert bench_step.count_work(lambda: lin(x).sum().backward())["flops_per_update"] == 3 * 2 * 32 * 16 * 8
+    a, b, c = torch.randn(1000), torch.randn(1000), torch.randn(1)
+    assert bench_step.count_work(lambda: a + b)["bytes_per_update"] == 3 * 4000
+    # a broadcast operand is read from its storage (4 bytes), a view moves nothing
+    assert bench_step.count_work(lambda: a + c.expand(1000))["bytes_per_update"] == 4000 + 4 + 4000
+    assert bench_step.count_work(lambda: a.view(10, 100))["bytes_per_update"] == 0
+
+
+def test_both_sides_do_the_same_convolutions_on_the_cpu(one_thread):
+    trainer = bench_step.build_fastmine({"name": "single-b64", **TINY}, "cpu")
+    ref = bench_step.build_reference(bench_step.build_fastmine({"name": "single-b64", **TINY}, "cpu"))
+    # the reference keeps the default memory format when fastmine runs channels_last (the CPU's default)
+    conv = next(p for p in trainer.critic.parameters() if p.dim() == 4)
+    assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
+    assert all(p.is_contiguous() for m in (*ref.samplers, ref.critic) for p in m.parameters())
+    ours, theirs = bench_step.count_work(bench_step._stepper("fastmine", trainer)), bench_step.count_work(ref.step)
+    assert ours["flops_per_update"] == theirs["flops_per_update"] > 0
+
+
 def _bench(args, tmp_path):
     out = tmp_path / "bench.json"
     proc = subprocess.run([sys.executable, "-m", "fastmine.cli", "bench", *args, "--out", str(out)],
@@ -115,9 +140,17 @@ def test_bench_command_writes_a_row_per_config_and_variant(tmp_path):
     assert res["meta"]["device"] == "cpu" and res["meta"]["sizes"]
     assert "| multi-n4 | default |" in proc.stdout
     prof = rows[0]["profile"]
+    assert prof["device"]["matmul_tflops"] > 0 and prof["device"]["copy_gbps"] > 0
     for side in ("reference", "fastmine"):  # where the time goes: convolutions dominate these DCGANs
         assert prof[side]["ops_per_update"] > 100
         assert any("conv" in t["name"] for t in prof[side]["top"][:3])
+        r = prof[side]["rates"]
+        assert prof[side]["timed_ms"] == rows[0][f"{side}_ms"]
+        assert r["tflops"] == pytest.approx(prof[side]["flops_per_update"] / rows[0][f"{side}_ms"] / 1e9)
+        assert 0 < r["matmul_fraction"] < 1 and r["copy_fraction"] > 0
+    # the fast path scores the N·K candidates without autograd: fewer FLOPs than the reference
+    assert prof["fastmine"]["flops_per_update"] < prof["reference"]["flops_per_update"]
+    assert "% of the matmul ceiling" in proc.stdout
     assert "### multi-n4" in proc.stdout
 
 
