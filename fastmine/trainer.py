@@ -279,6 +279,10 @@ class Trainer:
                 progress.update(1)
         if progress:
             progress.close()
+        if self.channels_last:  # hand the modules back in the default layout: a user's `x.view(n, -1)`
+            # on a channels_last sample would fail
+            _to_channels_last(self.sampler, torch.contiguous_format)
+            _to_channels_last(self.critic, torch.contiguous_format)
         return last
 
     def _log(self, step, elapsed):
@@ -424,14 +428,14 @@ def _resolve_channels_last(setting, device):
     return setting
 
 
-def _to_channels_last(module):
-    """4-d weights to NHWC in place, leaving sharded ones alone (FSDP2 / ZeRO-3 own their
-    storage; their gathered weights are used as they come)."""
+def _to_channels_last(module, memory_format=torch.channels_last):
+    """4-d weights to NHWC (or back) in place, leaving sharded ones alone (FSDP2 / ZeRO-3 own
+    their storage; their gathered weights are used as they come)."""
     from .distributed import is_sharded_param
 
     for p in module.parameters():
         if p.dim() == 4 and not is_sharded_param(p):
-            p.data = p.data.contiguous(memory_format=torch.channels_last)
+            p.data = p.data.contiguous(memory_format=memory_format)
 
 
 def _at_least_fp32(x):
