@@ -303,14 +303,8 @@ def device_ceilings(device, reps=5):
 
     def best(fn):
         fn()
-        times = []
-        for _ in range(reps):
-            clock.sync()
-            t0 = time.perf_counter()
-            fn()
-            clock.sync()
-            times.append(time.perf_counter() - t0)
-        return min(times)
+        clock.sync()
+        return min(_timed_block(fn, 1, clock) for _ in range(reps))
 
     return {"matmul_tflops": 2 * n**3 / best(lambda: torch.mm(a, b)) / 1e12, "matmul_size": n,
             "copy_gbps": 2 * m * 4 / best(lambda: dst.copy_(src)) / 1e9, "copy_bytes": 2 * m * 4,

@@ -413,8 +413,7 @@ def _compiled(sampler, critic, mode):
     if any(is_sharded_param(p) for p in sampler.parameters()):
         raise ValueError("train.compile does not compile a sharded generator (FSDP2 / ZeRO-3 gather its weights "
                          "in hooks). Set train.compile=none or dist.shard=none.")
-    compiled_sampler = torch.compile(sampler, dynamic=False)
-    return compiled_sampler, torch.compile(critic, dynamic=False) if mode == "first_order" else critic
+    return torch.compile(sampler, dynamic=False), torch.compile(critic, dynamic=False) if mode == "first_order" else critic
 
 
 def _resolve_channels_last(setting, device):
