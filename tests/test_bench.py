@@ -86,6 +86,18 @@ def test_channels_last_defaults_to_the_cpu_and_refuses_other_values():
         bench_step.build_fastmine({"name": "single-b64", **TINY}, "cpu", ["train.channels_last=auto"])
 
 
+def test_a_trained_sampler_comes_back_in_the_default_layout(one_thread):
+    # the CPU trains channels_last; what the user gets back must not be: `sample.view(n, -1)`
+    # fails on an NHWC tensor (3 channels here: with one, NHWC and NCHW strides coincide)
+    trainer = bench_step.build_fastmine({"name": "single-b64", **TINY}, "cpu", ["train.steps=1", "train.progress=false"])
+    weights = lambda: [p for m in (trainer.sampler, trainer.critic) for p in m.parameters() if p.dim() == 4]
+    assert not any(p.is_contiguous() for p in weights())  # trained NHWC
+    trainer.fit()
+    assert all(p.is_contiguous() for p in weights())
+    with torch.no_grad():
+        assert trainer.sampler(trainer.sampler.draw_seeds(4)).view(4, -1).shape == (4, 3 * 16 * 16)
+
+
 def test_compile_is_refused_where_it_cannot_apply():
     with pytest.raises(ValueError, match="train.compile must be one of none, sampler, first_order"):
         bench_step.build_fastmine({"name": "single-b64", **TINY}, "cpu", ["train.compile=true"])

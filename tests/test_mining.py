@@ -30,15 +30,6 @@ def test_generator_bit_identical_after_mining(digits_source, tmp_path):
     assert all(not torch.equal(a, b) for a, b in zip(miner_before, result.sampler.miner.parameters()))
 
 
-def test_a_trained_sampler_comes_back_in_the_default_layout(digits_source):
-    # the CPU trains channels_last (train.channels_last's default); what the user gets back
-    # must not be: `sample.view(n, -1)` fails on an NHWC tensor
-    target = fm.load_digits(labels=[9], limit=50, size=8)
-    result = fm.mine(digits_source, target, steps=2, progress=False)
-    assert all(p.is_contiguous() for p in result.sampler.parameters())
-    assert result.sampler.sample(4).view(4, -1).shape == (4, 64)
-
-
 def test_mining_moves_samples_to_the_target_class(digits_source):
     """Source trained on digits 0-8; target: 100 images of 9 (MineGAN's off-manifold MNIST).
 
