@@ -2,7 +2,8 @@ from setuptools import find_packages, setup
 
 # The top-level kernels/ folder installs as `fastmine_kernels`: a bare `kernels` import
 # name is taken on PyPI (Hugging Face's kernel hub) and would shadow or be shadowed.
-# benchmarks/ installs as `fastmine_benchmarks`: `fastmine bench` runs its step benchmark.
+# benchmarks/ installs as `fastmine_benchmarks` and adds `fastmine bench` through the
+# `fastmine.commands` entry-point group (the library itself never imports it).
 setup(
     name="fastmine",
     version="0.1.0",
@@ -10,7 +11,7 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["fastmine", "fastmine.*"]) + ["fastmine_kernels", "fastmine_benchmarks"],
     package_dir={"fastmine_kernels": "kernels", "fastmine_benchmarks": "benchmarks"},
-    package_data={"fastmine": ["configs/*.yaml", "metrics/weights/*"]},
+    package_data={"fastmine": ["metrics/weights/*"]},
     install_requires=[
         # a range real GPU users satisfy; CPU machines pin torch==2.13.0 in README/.ci/run
         "torch>=2.4,<2.15",
@@ -33,5 +34,6 @@ setup(
         # BigGAN adapter for conditional mining (weights from a local file; nothing is downloaded)
         "biggan": ["pytorch-pretrained-biggan>=0.1.1"],
     },
-    entry_points={"console_scripts": ["fastmine=fastmine.cli:main"]},
+    entry_points={"console_scripts": ["fastmine=fastmine.cli:main"],
+                  "fastmine.commands": ["bench=fastmine_benchmarks.bench_step:main"]},
 )

@@ -1,17 +1,27 @@
-"""fastmine: mine and reprogram frozen pretrained GAN generators for small target domains."""
-from .api import Result, finetune, mine, new_generator, reprogram, run_config, train
-from .config import RunConfig, load_config
+"""fastmine: mine and reprogram frozen pretrained GAN generators for small target domains.
+
+The public face: the methods (``mine``, ``reprogram``, ``finetune``, ``train``, ``mine_multi``,
+``fuse``, ``pretrain_conditional``, ``run`` for a config), loading and saving models, data,
+evaluation. Everything else is importable from its module but not promised.
+"""
+from .api import finetune, fuse, make_config, mine, mine_multi, prepare, pretrain_conditional, reprogram, run, train
+from .config import ConfigError, RunConfig, load_config
 from .data import load_digits, load_image_folder, load_tensor_file
+from .evaluation import Scorer, evaluate_run, evaluate_sampler
+from .files import (UntrustedCodeError, load_any, load_critic, load_generator, load_sampler, register_factory,
+                    save_sampler)
 from .latent import Latent, LatentSpec
-from .losses import check_critic_for_penalty, gradient_penalty
 from .miner import Miner
-from .models import GeneratorAdapter, Sampler, load_critic, load_generator, load_sampler, save_sampler
-from .trainer import NonFiniteLossError, ParamGroup, Trainer
+from .multi import MultiSampler
+from .runs import Result, Run, new_generator
+from .samplers import GeneratorAdapter, Sampler
+from .trainer import NonFiniteLossError
 
 __version__ = "0.1.0"
 __all__ = [
-    "Result", "finetune", "mine", "new_generator", "reprogram", "run_config", "train", "RunConfig", "load_config",
-    "load_digits", "load_image_folder", "load_tensor_file", "Latent", "LatentSpec", "check_critic_for_penalty",
-    "gradient_penalty", "Miner", "GeneratorAdapter", "Sampler", "load_critic", "load_generator", "load_sampler",
-    "save_sampler", "NonFiniteLossError", "ParamGroup", "Trainer",
+    "finetune", "fuse", "make_config", "mine", "mine_multi", "prepare", "pretrain_conditional", "reprogram", "run",
+    "train", "ConfigError", "RunConfig", "load_config", "load_digits", "load_image_folder", "load_tensor_file",
+    "Scorer", "evaluate_run", "evaluate_sampler", "UntrustedCodeError", "load_any", "load_critic", "load_generator",
+    "load_sampler", "register_factory", "save_sampler", "Latent", "LatentSpec", "Miner", "MultiSampler", "Result",
+    "Run", "new_generator", "GeneratorAdapter", "Sampler", "NonFiniteLossError",
 ]

@@ -8,11 +8,12 @@ ordinary (unconditional) critic on the target images.
 
 Two generators ship here:
 
-- :class:`ConditionalDCGAN` and :func:`pretrain_conditional`: a small class-conditional
-  WGAN-GP recipe on the built-in digits, so conditional mining runs offline. The
-  generator concatenates z with the class embedding; the critic sees the label as one-hot
-  planes appended to the image (real images with their labels, fakes with the labels
-  they were drawn for), trained in the one trainer.
+- :class:`ConditionalDCGAN`, trained by method ``pretrain_conditional`` (builder in
+  :mod:`fastmine.runs`): a small class-conditional WGAN-GP recipe on the built-in digits, so
+  conditional mining runs offline. The generator concatenates z with the class embedding;
+  the critic sees the label as one-hot planes appended to the image (real images with their
+  labels, fakes with the labels they were drawn for, :class:`LabelledSampler`), trained in
+  the one trainer.
 - :func:`biggan` / :func:`load_biggan`: BigGAN(-deep) through the ``pytorch-pretrained-biggan``
   package (``pip install 'fastmine[biggan]'``). Latent spec z (z_dim) + class embedding
   (z_dim); ``truncation`` is a setting: the miner's z is scaled by it (so the latent keeps
@@ -22,7 +23,6 @@ Two generators ship here:
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import warnings
 from pathlib import Path
@@ -33,8 +33,9 @@ from torch import nn
 
 from .fusion import attach_labels
 from .latent import LatentSpec
-from .models import GeneratorAdapter, Sampler, read_file, save_sampler
-from .nets import DCGANCritic, DCGANGenerator
+from .files import read_file
+from .samplers import GeneratorAdapter
+from .nets import DCGANGenerator
 
 FACTORY_DCGAN = "fastmine.conditional:conditional_dcgan"
 FACTORY_BIGGAN = "fastmine.conditional:biggan"
@@ -66,7 +67,7 @@ def conditional_adapter(module: nn.Module, build: dict | None = None, frozen=Tru
     return GeneratorAdapter(module, module.latent_spec, build=build, frozen=frozen)
 
 
-class _LabelledSampler(nn.Module):
+class LabelledSampler(nn.Module):
     """Pretraining only: G(z, E(l)) for random labels l, with l appended as one-hot planes."""
 
     def __init__(self, generator: GeneratorAdapter, num_classes: int):
@@ -82,57 +83,6 @@ class _LabelledSampler(nn.Module):
         emb = self.generator.module.embed(seeds["label"])
         x = self.generator({"z": seeds["z"], "class_embedding": emb})
         return attach_labels(x, seeds["label"], self.num_classes)
-
-
-def pretrain_conditional(images, labels, *, num_classes=None, latent_dim=32, embed_dim=16, width=32, steps=2000,
-                         run_dir=None, seed=0, device=None, callbacks=(), **train_kwargs):
-    """Train a class-conditional WGAN-GP on (images, labels); returns (adapter, api.Result).
-
-    ``fm.load_digits(size=8, return_labels=True)`` gives the data. The file written to
-    ``run_dir/model.safetensors`` loads with :func:`fastmine.load_generator` and is ready for
-    conditional mining (``fm.mine``); its labelled critic is not stored (mining uses an
-    unconditional critic on the target images).
-    """
-    from . import api
-    from .config import TrainConfig
-    from .trainer import ParamGroup, Trainer
-
-    device = api.resolve_device(device)
-    images = torch.as_tensor(images).float()
-    labels = torch.as_tensor(labels).long()
-    if images.ndim != 4 or images.shape[-1] != images.shape[-2]:
-        raise ValueError(f"the conditional DCGAN needs square images [N, C, H, W], got {tuple(images.shape)}")
-    num_classes = int(num_classes or int(labels.max()) + 1)
-    torch.manual_seed(seed)
-    kwargs = {"latent_dim": latent_dim, "num_classes": num_classes, "embed_dim": embed_dim,
-              "image_size": int(images.shape[-1]), "channels": int(images.shape[1]), "width": width}
-    build = {"factory": FACTORY_DCGAN, "kwargs": kwargs}
-    adapter = conditional_adapter(conditional_dcgan(**kwargs), build=build, frozen=False).to(device)
-    critic = DCGANCritic(image_size=int(images.shape[-1]), channels=int(images.shape[1]) + num_classes,
-                         width=width).to(device)
-    # the project's pretrain settings (cli `pretrain`): WGAN-GP, Adam(2e-4, 0.5, 0.9)
-    defaults = dict(steps=steps, lr=2e-4, critic_lr=2e-4, betas=[0.5, 0.9], batch_size=64, n_critic=5, gp_weight=10.0)
-    tcfg = dataclasses.replace(TrainConfig(), **{**defaults, **train_kwargs})
-    sampler = _LabelledSampler(adapter, num_classes)
-    real = attach_labels(images, labels, num_classes)
-    run_dir = api.open_run_dir(run_dir, False, None)
-    trainer = Trainer(sampler, critic, real, tcfg, [ParamGroup("generator", adapter, 0)], run_dir=run_dir,
-                      seed=seed, device=device, callbacks=callbacks)
-    metrics = trainer.fit()
-    adapter.freeze(True)
-    plain = Sampler(adapter)
-    if run_dir is not None:
-        save_sampler(run_dir / "model.safetensors", plain, extra={"method": "conditional_pretrain", "steps": tcfg.steps,
-                                                                  "num_classes": num_classes})
-    return adapter, api.Result(plain, critic, metrics, run_dir)
-
-
-def class_embeddings(adapter: GeneratorAdapter, labels) -> torch.Tensor:
-    """E(l) of a conditional generator (for sampling it at chosen classes)."""
-    module = adapter.module
-    if not hasattr(module, "embed"):
-        raise ValueError("this generator has no class embedding table (embed(labels))")
-    return module.embed(torch.as_tensor(labels, device=next(module.parameters()).device))
 
 
 # --------------------------------------------------------------------------- BigGAN

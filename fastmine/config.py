@@ -1,14 +1,29 @@
-"""Run configs: dataclasses, loaded from YAML and overridden with ``key=value``.
+"""Run configs: dataclasses in sections, loaded from YAML and overridden with ``key=value``.
 
-An unknown key is an error that lists the valid keys; ``None`` fields are filled from the
-chosen method's defaults (fastmine.methods), so the papers' settings live in one place.
+A run's settings are one :class:`RunConfig` made of sections, each a small dataclass:
+``data``, ``model``, ``source``, ``miner``, ``train`` (the optimisation), ``loss`` (the
+adversarial objective and its penalty), ``perf`` (speed switches), ``log`` (cadence),
+``multi`` (several generators), ``s3`` (sparse critic), ``fusion`` and ``dist``.
+
+Values are coerced to their field's type (YAML reads ``1e-4`` as a string: it becomes a
+float here), an unknown key is an error that lists the valid keys of its section, and a key
+of the old flat layout (``train.gp_weight``) is an error naming its new place
+(``loss.gp_weight``). ``None`` fields are filled from the chosen method's defaults
+(:mod:`fastmine.methods`), so the papers' settings live in one place; :func:`validate` then
+checks every range and every rule between fields, before anything is written.
+
+Keys that import and run code, and so must only name code you trust: ``source.generator``
+or ``source.arch`` given as ``"package.module:function"`` and ``miner.module``. A model
+*file* never runs code unless ``source.trust_code=true`` (:mod:`fastmine.io`).
 """
 from __future__ import annotations
 
 import dataclasses
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 import yaml
 
@@ -34,15 +49,18 @@ class ModelConfig:
     norm: str = "batch"              # dcgan generator: batch | none
     channels: Optional[int] = None   # default: from the data
     out_dim: Optional[int] = None    # mlp: default from the data
+    embed_dim: int = 16              # conditional pretraining: class embedding size
+    num_classes: Optional[int] = None  # conditional pretraining: default from the labels
 
 
 @dataclass
 class SourceConfig:
-    generator: Optional[str] = None  # fastmine file | weights file (+ model) | "package.module:function"
+    generator: Optional[str] = None  # fastmine file | weights file (+ arch) | "package.module:function" (runs it)
     critic: Optional[str] = None     # default: the critic stored with the generator, if any
-    arch: Optional[str] = None       # "package.module:function" building the generator for a plain state dict
+    arch: Optional[str] = None       # "package.module:function" building the generator for a plain state dict (runs it)
     latent_spec: Optional[dict] = None  # {"z": {"shape": [128], "prior": "normal"}} when not self-described
-    allow_pickle: bool = False       # allow pickled checkpoints (runs code from the file)
+    allow_pickle: bool = False       # allow pickled checkpoints (unpickling runs code from the file)
+    trust_code: bool = False         # let a model file's metadata name a factory to run (fastmine.io)
     generators: Optional[list] = None  # mine-multi / fuse: several generator files
 
 
@@ -52,53 +70,79 @@ class MinerConfig:
     seed_dist: Optional[str] = None  # normal | uniform (default per method)
     hidden: Optional[int] = None     # default: max(latent size, seed_dim)
     layers: int = 2                  # the paper's MNIST miner: two FC layers of |z|
-    init: Optional[str] = None       # normal (paper's N(0, 0.01)) | residual (starts at the prior); default per method, README
-    module: Optional[str] = None     # "package.module:function" returning your own miner module
+    init: Optional[str] = None       # normal (paper's N(0, 0.01)) | residual (starts at the prior); default per method
+    module: Optional[str] = None     # "package.module:function" returning your own miner module (runs it)
 
 
 @dataclass
 class TrainConfig:
+    """The optimisation: what every method sets (defaults per method, fastmine.methods)."""
     steps: int = 1000                # sampler (generator-side) updates in total
-    mine_steps: Optional[int] = None # minegan: updates before the generator unfreezes (default steps // 2)
+    mine_steps: Optional[int] = None  # minegan: updates before the generator unfreezes (default steps // 2)
     batch_size: Optional[int] = None
-    n_critic: Optional[int] = None
-    gp_weight: Optional[float] = None
-    gp_center: float = 1.0
-    gp_one_sided: bool = False       # WGAN-LP: penalise only norms above gp_center
-    gp_every: int = 1                # lazy regularisation: penalty every k-th critic step, scaled by k
+    n_critic: Optional[int] = None   # critic steps per generator update
     lr: Optional[float] = None       # sampler side (miner / generator)
     critic_lr: Optional[float] = None
     betas: Optional[list] = None
     freeze_critic_blocks: Optional[int] = None  # FreezeD: leading critic blocks kept frozen (default: half)
-    impl: str = "auto"               # kernels: auto | triton | torch
-    # speed options (benchmarks/RESULTS.md measures each): bf16 autocast of the generator and
-    # of the critic's loss passes (the penalty's pass stays fp32), channels_last images and
-    # convolutions, Adam's fused implementation, torch.compile of the first-order passes
-    amp: str = "none"                # none | bf16
+
+
+@dataclass
+class LossConfig:
+    """The adversarial objective: WGAN with a gradient penalty (the papers')."""
+    gp_weight: Optional[float] = None  # λ (0 turns the penalty off)
+    gp_center: float = 1.0
+    gp_one_sided: bool = False       # WGAN-LP: penalise only norms above gp_center
+    gp_every: int = 1                # lazy regularisation: penalty every k-th critic step, scaled by k
+
+
+@dataclass
+class PerfConfig:
+    """Speed switches; each is measured on its own in benchmarks/RESULTS.md."""
+    impl: str = "auto"               # kernels: auto (Triton on CUDA) | triton | torch
+    amp: str = "none"                # none | bf16 (generator and the critic's loss passes; the penalty's stays fp32)
     channels_last: Optional[bool] = None  # None: on for the CPU (measured faster there), off on CUDA (not yet measured)
     fused_adam: bool = False
     compile: str = "none"            # none | sampler | first_order (sampler and the critic's loss passes)
-    log_every: int = 10
-    sample_every: int = 250
+
+
+@dataclass
+class LogConfig:
+    log_every: int = 10              # metrics.jsonl row every k generator updates
+    sample_every: int = 250          # sample grid every k updates
     checkpoint_every: int = 250
     keep_checkpoints: int = 2
     grid_size: int = 64              # samples per grid
     progress: bool = True
-    # multi-generator mining (MineGAN++ §3.3)
-    selector_rule: str = "permute"   # permute (eq. 9-10) | max (eq. 5-8)
-    selector_window: int = 1000      # minibatches averaged into the selector π
-    selection_path: str = "fast"     # fast (score without autograd, re-run the chosen) | naive
-    # sparse subnetwork selection S³ (§3.4.2), methods minegan_pp / transfergan_pp
-    s3_p: float = 0.3                # θ_w: score at the top-p quantile of all critic weights
-    s3_theta_f: int = 6              # θ_f: a filter trains when ≥ θ_f of its weights score ≥ θ_w
-    s3_samples: int = 512            # target images the scores are computed on (at most)
-    # fusion (§4.2): region i of the fused prior is N(fusion_spacing·e_i, fusion_sigma²·I)
-    fusion_spacing: float = 4.0
-    fusion_sigma: float = 1.0
-    fusion_label_critic: bool = True # the critic sees the region index (see fastmine.fusion)
-    # random streams the global batch is split into (default: one per process); fix it to
-    # get the same numbers at any world size (fastmine.distributed)
-    streams: Optional[int] = None
+
+
+@dataclass
+class MultiConfig:
+    """Several generators (MineGAN++ §3.3)."""
+    rule: str = "permute"            # permute (eq. 9-10) | max (eq. 5-8)
+    # the selector π averages argmax wins over the last `window` minibatches of supersamples:
+    # every minibatch the critic scores counts, n_critic + 1 per generator update (the paper's
+    # "last 1000 minibatches"; 1000 ≈ 167 updates at n_critic=5)
+    window: int = 1000
+    path: str = "fast"               # fast (score without autograd, re-run the chosen) | naive
+
+
+@dataclass
+class S3Config:
+    """Sparse subnetwork selection (§3.4.2), methods minegan_pp / transfergan_pp."""
+    p: float = 0.3                   # θ_w: score at the top-p quantile of all critic weights
+    theta_f: int = 6                 # θ_f: a filter trains when ≥ θ_f of its weights score ≥ θ_w
+    samples: int = 512               # target images the scores are computed on (at most)
+
+
+@dataclass
+class FusionConfig:
+    """Fusion (§4.2): region i of the fused prior is N(spacing·e_i, sigma²·I)."""
+    spacing: float = 4.0
+    sigma: float = 1.0
+    label_critic: bool = True        # the critic sees the region index (see fastmine.fusion)
+    init_from: int = 0               # the fused generator starts as a copy of this source
+    pool: int = 20000                # latent codes per source for the pseudo-real data
 
 
 @dataclass
@@ -108,6 +152,9 @@ class DistConfig:
     backend: str = "auto"            # auto (gloo on CPU, nccl on GPU) | gloo | nccl
     timeout_s: float = 600.0         # a collective waiting longer raises (a peer died) instead of hanging
     deepspeed_config: Optional[str] = None  # shard=zero3: a DeepSpeed JSON (launch/deepspeed/zero3.json)
+    # random streams the global batch is split into (default: one per process); fix it to
+    # get the same numbers at any world size (fastmine.distributed)
+    streams: Optional[int] = None
 
 
 @dataclass
@@ -122,6 +169,12 @@ class RunConfig:
     source: SourceConfig = field(default_factory=SourceConfig)
     miner: MinerConfig = field(default_factory=MinerConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    perf: PerfConfig = field(default_factory=PerfConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    multi: MultiConfig = field(default_factory=MultiConfig)
+    s3: S3Config = field(default_factory=S3Config)
+    fusion: FusionConfig = field(default_factory=FusionConfig)
     dist: DistConfig = field(default_factory=DistConfig)
 
     @property
@@ -129,41 +182,98 @@ class RunConfig:
         return Path(self.out_dir) / self.name
 
 
+SECTIONS = tuple(f.name for f in dataclasses.fields(RunConfig) if dataclasses.is_dataclass(f.default_factory))
+
+# keys of the flat layout before the config had sections -> their place now
+MOVED = {
+    **{f"train.{k}": f"loss.{k}" for k in ("gp_weight", "gp_center", "gp_one_sided", "gp_every")},
+    **{f"train.{k}": f"perf.{k}" for k in ("impl", "amp", "channels_last", "fused_adam", "compile")},
+    **{f"train.{k}": f"log.{k}" for k in ("log_every", "sample_every", "checkpoint_every", "keep_checkpoints",
+                                          "grid_size", "progress")},
+    "train.selector_rule": "multi.rule", "train.selector_window": "multi.window", "train.selection_path": "multi.path",
+    "train.s3_p": "s3.p", "train.s3_theta_f": "s3.theta_f", "train.s3_samples": "s3.samples",
+    "train.fusion_spacing": "fusion.spacing", "train.fusion_sigma": "fusion.sigma",
+    "train.fusion_label_critic": "fusion.label_critic", "train.streams": "dist.streams",
+}
+
+
 class ConfigError(ValueError):
     pass
 
 
 def from_dict(cls, data: dict | None, where: str = ""):
-    """Build dataclass ``cls`` from a nested dict, refusing unknown keys."""
+    """Build dataclass ``cls`` from a nested dict: unknown keys refused, values coerced."""
+    if data is not None and not isinstance(data, dict):
+        raise ConfigError(f"config key '{where}' is a section; give a mapping, got {data!r}")
     data = dict(data or {})
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - set(fields))
     if unknown:
+        moved = [f"'{_join(where, k)}' is now '{MOVED[_join(where, k)]}'" for k in unknown if _join(where, k) in MOVED]
+        if moved:
+            raise ConfigError("the config has sections now: " + "; ".join(moved))
         section = f" in '{where}'" if where else ""
         raise ConfigError(
-            f"unknown config key {', '.join(repr((where + '.' if where else '') + k) for k in unknown)}; "
+            f"unknown config key {', '.join(repr(_join(where, k)) for k in unknown)}; "
             f"valid keys{section}: {', '.join(fields)}"
         )
     kwargs = {}
+    hints = typing.get_type_hints(cls)
     for name, value in data.items():
-        f = fields[name]
-        sub = _dataclass_type(f)
+        key = _join(where, name)
+        sub = hints[name] if dataclasses.is_dataclass(hints[name]) else None
         if sub is not None:
-            if value is not None and not isinstance(value, dict):
-                raise ConfigError(f"config key '{_join(where, name)}' is a section; give a mapping, got {value!r}")
-            kwargs[name] = from_dict(sub, value, _join(where, name))
+            kwargs[name] = value if isinstance(value, sub) else from_dict(sub, value, key)
         else:
-            kwargs[name] = value
+            kwargs[name] = coerce(value, hints[name], key)
     return cls(**kwargs)
+
+
+def coerce(value, hint, key: str):
+    """``value`` as type ``hint`` (int, float, bool, str, list, dict, Optional[...]) or a one-line error."""
+    args = typing.get_args(hint)
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        (hint,) = [a for a in args if a is not type(None)]
+    if hint is float:
+        if isinstance(value, str):  # YAML 1.1 reads 1e-4 (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+    elif hint is bool:
+        if isinstance(value, bool):
+            return value
+    elif hint is str:
+        if isinstance(value, str):
+            return value
+    elif hint is list:
+        if isinstance(value, (list, tuple)):
+            return list(value)
+    elif hint is dict:
+        if isinstance(value, dict):
+            return value
+    elif isinstance(value, hint):
+        return value
+    name = getattr(hint, "__name__", str(hint))
+    optional = " or null" if type(None) in args else ""
+    raise ConfigError(f"config key '{key}' must be {_ARTICLE.get(name, 'a ' + name)}{optional}, got {value!r}")
+
+
+_ARTICLE = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string", "list": "a list",
+            "dict": "a mapping"}
 
 
 def _join(where, name):
     return f"{where}.{name}" if where else name
-
-
-def _dataclass_type(f):
-    t = f.type if not isinstance(f.type, str) else globals().get(f.type)
-    return t if dataclasses.is_dataclass(t) else None
 
 
 def to_dict(cfg) -> dict:
@@ -177,11 +287,16 @@ def parse_overrides(overrides) -> dict:
         if "=" not in item:
             raise ConfigError(f"override {item!r} is not key=value (e.g. train.steps=500)")
         key, raw = item.split("=", 1)
-        value = yaml.safe_load(raw) if raw != "" else None
+        try:
+            value = yaml.safe_load(raw) if raw != "" else None
+        except yaml.YAMLError as e:
+            raise ConfigError(f"override {item!r}: the value is not valid YAML ({_yaml_problem(e)})") from None
         node = out
         parts = key.strip().split(".")
         for p in parts[:-1]:
             node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {item!r} sets a key inside {p!r}, which was given a value")
         node[parts[-1]] = value
     return out
 
@@ -196,17 +311,30 @@ def merge(base: dict, update: dict) -> dict:
     return out
 
 
+def read_yaml(path) -> dict:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file {str(p)!r} does not exist")
+    try:
+        loaded = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {str(p)!r} is not valid YAML: {_yaml_problem(e)}") from None
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"config file {str(p)!r} must hold a mapping at the top level")
+    return loaded
+
+
+def _yaml_problem(e) -> str:
+    mark = getattr(e, "problem_mark", None)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    return f"{getattr(e, 'problem', None) or e}{where}"
+
+
 def load_config(path=None, overrides=None, defaults: dict | None = None) -> RunConfig:
-    """defaults <- YAML file <- key=value overrides, validated into a :class:`RunConfig`."""
+    """defaults <- YAML file <- key=value overrides, coerced into a :class:`RunConfig`."""
     data = dict(defaults or {})
     if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config file {str(p)!r} does not exist")
-        loaded = yaml.safe_load(p.read_text()) or {}
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"config file {str(p)!r} must hold a mapping at the top level")
-        data = merge(data, loaded)
+        data = merge(data, read_yaml(path))
     data = merge(data, parse_overrides(overrides))
     return from_dict(RunConfig, data)
 
@@ -216,5 +344,67 @@ def dump_config(cfg, path):
     Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
 
 
-def resolved(cfg: RunConfig, **changes: Any) -> RunConfig:
-    return dataclasses.replace(cfg, **changes)
+def fill_defaults(cfg: RunConfig, method) -> RunConfig:
+    """Fill the ``None`` fields of ``cfg`` from ``method.defaults`` ({section: {key: value}})."""
+    for section, values in method.defaults.items():
+        sec = getattr(cfg, section)
+        for key, value in values.items():
+            if getattr(sec, key) is None:
+                setattr(sec, key, list(value) if isinstance(value, list) else value)
+    if cfg.train.mine_steps is None:
+        cfg.train.mine_steps = {"after_mining": cfg.train.steps // 2, "never": cfg.train.steps}.get(
+            method.generator_trains, 0)
+    return cfg
+
+
+def validate(cfg: RunConfig) -> RunConfig:
+    """Every range and every rule between fields, each failure one line naming the key."""
+    t, loss = cfg.train, cfg.loss
+    _positive(cfg, "train.steps", "train.batch_size", "train.n_critic", "train.lr", "train.critic_lr",
+              "loss.gp_every", "log.log_every", "log.sample_every", "log.checkpoint_every", "log.keep_checkpoints",
+              "log.grid_size", "multi.window", "s3.samples", "s3.theta_f", "fusion.sigma", "fusion.pool",
+              "dist.timeout_s", "data.size", "model.latent_dim", "model.width", "model.depth", "model.embed_dim",
+              "model.num_classes", "fusion.spacing")
+    if t.mine_steps is not None and not 0 <= t.mine_steps <= t.steps:
+        raise ConfigError(f"train.mine_steps must be in 0..train.steps ({t.steps}), got {t.mine_steps}")
+    if t.betas is not None and (len(t.betas) != 2 or not all(isinstance(b, (int, float)) and 0 <= b < 1
+                                                             for b in t.betas)):
+        raise ConfigError(f"train.betas must be two numbers in [0, 1), e.g. [0.5, 0.999], got {t.betas!r}")
+    if loss.gp_weight is not None and loss.gp_weight < 0:
+        raise ConfigError(f"loss.gp_weight must be >= 0 (0 turns the penalty off), got {loss.gp_weight}")
+    if not 0 < cfg.s3.p <= 1:
+        raise ConfigError(f"s3.p must be in (0, 1], got {cfg.s3.p}")
+    if cfg.data.limit is not None and cfg.data.limit < 1:
+        raise ConfigError(f"data.limit must be at least 1 (or null for all), got {cfg.data.limit}")
+    if cfg.dist.streams is not None and cfg.dist.streams < 1:
+        raise ConfigError(f"dist.streams must be at least 1 (or null), got {cfg.dist.streams}")
+    _choice(cfg, "perf.impl", ("auto", "triton", "torch"))
+    _choice(cfg, "perf.amp", ("none", "bf16"))
+    _choice(cfg, "perf.compile", ("none", "sampler", "first_order"))
+    _choice(cfg, "multi.rule", ("permute", "max"))
+    _choice(cfg, "multi.path", ("fast", "naive"))
+    _choice(cfg, "dist.shard", ("none", "fsdp2", "zero3", "auto"))
+    _choice(cfg, "dist.backend", ("auto", "gloo", "nccl"))
+    _choice(cfg, "data.dataset", ("digits", "folder", "tensor"))
+    _choice(cfg, "miner.seed_dist", ("normal", "uniform", None))
+    _choice(cfg, "miner.init", ("normal", "residual", None))
+    return cfg
+
+
+def _get(cfg, key):
+    section, name = key.split(".")
+    return getattr(getattr(cfg, section), name)
+
+
+def _positive(cfg, *keys):
+    for key in keys:
+        value = _get(cfg, key)
+        if value is not None and value <= 0:
+            raise ConfigError(f"config key '{key}' must be positive, got {value}")
+
+
+def _choice(cfg, key, allowed):
+    value = _get(cfg, key)
+    if value not in allowed:
+        shown = ", ".join("null" if a is None else str(a) for a in allowed)
+        raise ConfigError(f"config key '{key}' must be one of {shown}, got {value!r}")

@@ -5,6 +5,7 @@ device; the trainer draws batch indices there (no host-side loader, no copies pe
 """
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 
 import numpy as np
@@ -139,17 +140,58 @@ def _need_path(cfg):
     return cfg.path
 
 
-class DeviceSampler:
-    """Draws random minibatches from a data tensor kept on the training device."""
+class DrawnTarget:
+    """A target given as a function drawing fresh samples: ``draw(n)`` or ``draw(n, generator)``
+    -> [n, ...] (an unbounded distribution, e.g. a toy density). With the two-argument form it
+    draws from the trainer's random stream, so a resumed run replays the same batches; the
+    one-argument form uses torch's global generator."""
 
-    def __init__(self, data: torch.Tensor, device, channels_last: bool = False):
-        self.data = data.to(device)
+    def __init__(self, draw):
+        self.draw = draw
+        params = [p for p in inspect.signature(draw).parameters.values()
+                  if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+        self.takes_generator = len(params) >= 2
+
+    def __call__(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        x = self.draw(n, generator) if self.takes_generator else self.draw(n)
+        x = torch.as_tensor(x).float()
+        if x.shape[0] != n:
+            raise ValueError(f"the target function returned {x.shape[0]} samples when asked for {n}")
+        return x
+
+
+def make_target(target, n_example: int = 512):
+    """(what the trainer draws real batches from, a tensor of real samples to size and score with)."""
+    if callable(target) and not torch.is_tensor(target):
+        drawn = DrawnTarget(target)
+        return drawn, drawn(n_example, torch.Generator().manual_seed(0))
+    data = torch.as_tensor(target).float()
+    if data.ndim < 2 or len(data) == 0:
+        raise ValueError(f"the target data must be a non-empty tensor [N, ...], got shape {tuple(data.shape)}")
+    return data, data
+
+
+class DeviceSampler:
+    """Draws random minibatches from a data tensor kept on the training device (or from a
+    :class:`DrawnTarget`)."""
+
+    def __init__(self, data, device, channels_last: bool = False):
+        self.device = torch.device(device)
+        self.drawn = data if isinstance(data, DrawnTarget) else None
+        self.data = None if self.drawn else data.to(device)
+        self.channels_last = channels_last
         if channels_last and torch.is_tensor(self.data) and self.data.ndim == 4:  # not fusion's PseudoRealData
             self.data = self.data.contiguous(memory_format=torch.channels_last)
 
-    def __len__(self):
-        return len(self.data)
-
     def batch(self, n: int, generator: torch.Generator) -> torch.Tensor:
+        if self.drawn is not None:
+            x = self.drawn(n, generator).to(self.device)
+            return x.contiguous(memory_format=torch.channels_last) if self.channels_last and x.ndim == 4 else x
         idx = torch.randint(len(self.data), (n,), generator=generator, device=self.data.device)
         return self.data[idx]
+
+    def preview(self, n: int) -> torch.Tensor:
+        """Up to n real samples (fixed ones) to show beside generated vectors."""
+        if self.drawn is not None:
+            return self.drawn(n, torch.Generator().manual_seed(0))
+        return self.data[:n]

@@ -15,7 +15,7 @@ with one process or many. This module decides
   result is gathered into one ordinary file.
 
 Random streams. Randomness is a function of (seed, stream index), not of the rank: the
-global batch is split into ``train.streams`` shards (default: one per rank), shard ``s`` drawn
+global batch is split into ``dist.streams`` shards (default: one per rank), shard ``s`` drawn
 from the stream seeded ``seed * 1_000_003 + s``, and rank ``r`` of ``W`` draws shards
 ``r*S/W .. (r+1)*S/W - 1`` and concatenates them. So with a fixed number of streams, one
 process with batch ``S*b`` draws exactly the union of what ``S`` processes with batch ``b``
@@ -26,11 +26,20 @@ always used.
 from __future__ import annotations
 
 import datetime
+import json
 import os
 import sys
+from pathlib import Path
 
 import torch
+from accelerate import Accelerator
+from accelerate.utils import InitProcessGroupKwargs
 from torch import nn
+from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.fsdp import fully_shard
+from torch.distributed.tensor import DTensor
+
+from .samplers import GeneratorAdapter, Sampler
 
 SHARD_KINDS = ("none", "fsdp2", "zero3")
 STREAM_STRIDE = 1_000_003
@@ -63,9 +72,6 @@ def setup(dist_cfg=None, device="auto"):
     """
     if launched_world_size() <= 1 and not is_initialized():
         return None
-    from accelerate import Accelerator
-    from accelerate.utils import InitProcessGroupKwargs
-
     timeout_s = float(getattr(dist_cfg, "timeout_s", 600) or 600)
     backend = getattr(dist_cfg, "backend", "auto") or "auto"
     cpu = device == "cpu" or not torch.cuda.is_available()
@@ -138,6 +144,12 @@ def all_reduce_mean_(tensors):
     return tensors
 
 
+def all_reduce_sum_(tensor):
+    if world_size() > 1:
+        torch.distributed.all_reduce(tensor)
+    return tensor
+
+
 def all_reduce_max_(tensor):
     if world_size() > 1:
         torch.distributed.all_reduce(tensor, op=torch.distributed.ReduceOp.MAX)
@@ -182,10 +194,6 @@ def make_streams(seed: int, indices, device) -> list:
 
 # --------------------------------------------------------------------------- sharding
 def is_sharded_param(p) -> bool:
-    try:
-        from torch.distributed.tensor import DTensor
-    except ImportError:  # pragma: no cover
-        DTensor = ()
     return isinstance(p, DTensor) or hasattr(p, "ds_tensor")
 
 
@@ -223,9 +231,6 @@ def shard_generator(adapter, shard: str, device, ds_config: dict | None = None):
                          "(launch/README.md)")
     module = adapter.module
     if shard == "fsdp2":
-        from torch.distributed.device_mesh import init_device_mesh
-        from torch.distributed.fsdp import fully_shard
-
         # reshard after forward and after backward (the default): only the block being run is
         # whole. set_reshard_after_backward(False) (pytorch#172543) is needed only for double
         # backward through the sharded module; fastmine never does that (the gradient penalty
@@ -248,9 +253,6 @@ def read_ds_config(dist_cfg) -> dict | None:
     path = getattr(dist_cfg, "deepspeed_config", None)
     if not path:
         return None
-    import json
-    from pathlib import Path
-
     if not Path(path).is_file():
         raise FileNotFoundError(f"dist.deepspeed_config {str(path)!r} does not exist")
     return json.loads(Path(path).read_text())
@@ -363,8 +365,6 @@ def exportable_sampler(sampler):
     adapter = sampler.generator
     if sharded_kind(adapter.module) == "none":
         return sampler
-    from .models import GeneratorAdapter, Sampler
-
     state = full_state_dict(adapter.module)
     stand_in = GeneratorAdapter(_FrozenState(state), adapter.latent_spec.to_dict(), build=adapter.build, frozen=True)
     if sampler.miner is None:

@@ -23,6 +23,9 @@ from pathlib import Path
 
 import torch
 
+from .config import load_config
+from .data import load_data
+from .files import load_any, read_file
 from .metrics.features import get_feature_extractor
 from .metrics.scores import extract, fid, kmmd, mv, target_share
 
@@ -37,7 +40,7 @@ def default_target_class(data_cfg, extractor: str):
     return int(labels[0]) if labels is not None and len(labels) == 1 else None
 
 
-class _Scorer:
+class Scorer:
     """Real features computed once; fake images scored against them."""
 
     def __init__(self, real, extractor="digits", inception_weights=None, target_class=None, device="cpu"):
@@ -71,15 +74,15 @@ def fid_callback(real, every=50, n=500, extractor="digits", target_class=None, i
 
     Call it at log steps (the trainer does); it scores at steps divisible by ``every`` and at
     the last step, with ``n`` samples from a fixed seed (so curves compare like with like).
-    Keep ``every`` a multiple of ``train.log_every``.
+    Keep ``every`` a multiple of ``log.log_every``.
     """
     state = {}
 
     def callback(trainer, step):
-        if step % every and step != trainer.cfg.steps:
+        if step % every and step != trainer.cfg.train.steps:
             return None
         if "scorer" not in state:  # built lazily: the feature net loads once, in the training process
-            state["scorer"] = _Scorer(real, extractor, inception_weights, target_class, device)
+            state["scorer"] = Scorer(real, extractor, inception_weights, target_class, device)
         scores = state["scorer"].score(trainer.sampler.sample(n, seed=seed))
         return {k: v for k, v in scores.items() if k in TREND_KEYS}
 
@@ -87,11 +90,11 @@ def fid_callback(real, every=50, n=500, extractor="digits", target_class=None, i
 
 
 def evaluate_sampler(sampler, real, extractor="digits", target_class=None, inception_weights=None, n_cap=10_000,
-                     repeats=5, seed=0, device="cpu", scorer: _Scorer | None = None) -> dict:
+                     repeats=5, seed=0, device="cpu", scorer: Scorer | None = None) -> dict:
     """The paper's protocol (as many generated as real images, capped at ``n_cap``), averaged
     over ``repeats`` sample draws. Returns fid, kmmd, mv, [target_share], fid_draw_std, n_real,
     n_fake, repeats, extractor."""
-    scorer = scorer or _Scorer(_cap(real, n_cap, seed), extractor, inception_weights, target_class, device)
+    scorer = scorer or Scorer(_cap(real, n_cap, seed), extractor, inception_weights, target_class, device)
     n = len(scorer.real)
     draws = [scorer.score(sampler.sample(n, seed=seed + 1000 * r)) for r in range(repeats)]
     out = {k: sum(d[k] for d in draws) / len(draws) for k in draws[0]}
@@ -127,12 +130,10 @@ def logged_curve(run_dir, key="fid") -> list[tuple[int, float]]:
     return [(row["step"], float(row[key])) for row in read_metrics(run_dir) if key in row]
 
 
-def checkpoint_curve(run_dir, scorer: _Scorer, n=None, seed=0) -> list[tuple[int, float]]:
-    """FID of every checkpoint still on disk (``train.keep_checkpoints`` decides how many)."""
-    from .models import load_sampler, read_file
-
+def checkpoint_curve(run_dir, scorer: Scorer, n=None, seed=0) -> list[tuple[int, float]]:
+    """FID of every checkpoint still on disk (``log.keep_checkpoints`` decides how many)."""
     run_dir = Path(run_dir)
-    sampler = load_sampler(run_dir / "model.safetensors")
+    sampler = load_any(run_dir / "model.safetensors")
     curve = []
     for path in sorted((run_dir / "checkpoints").glob("ckpt-*.safetensors")):
         tensors, _ = read_file(path)
@@ -143,15 +144,10 @@ def checkpoint_curve(run_dir, scorer: _Scorer, n=None, seed=0) -> list[tuple[int
 
 
 def evaluate_run(run_dir, extractor="digits", inception_weights=None, target_class="auto", repeats=5,
-                 n_cap=10_000, seed=0, write_report=True) -> dict:
+                 n_cap=10_000, seed=0) -> dict:
     """Score RUN_DIR/model.safetensors against the target data its config.yaml names, with
-    the paper's protocol, and (``write_report``) write RUN_DIR/report.md with the metrics
-    table, the latest sample grid and an FID-over-steps plot (from the logged evaluations,
-    or failing that from the checkpoints on disk)."""
-    from .config import load_config
-    from .data import load_data
-    from .models import load_sampler
-
+    the paper's protocol; with the FID over training (from the logged evaluations, or failing
+    that from the checkpoints on disk). ``fastmine eval`` writes it up as RUN_DIR/report.md."""
     run_dir = Path(run_dir)
     model = run_dir / "model.safetensors"
     cfg_path = run_dir / "config.yaml"
@@ -164,18 +160,13 @@ def evaluate_run(run_dir, extractor="digits", inception_weights=None, target_cla
         raise ValueError("fastmine eval scores images; this run's data are vectors")
     if target_class == "auto":
         target_class = default_target_class(cfg.data, extractor)
-    sampler = load_sampler(model)
-    scorer = _Scorer(_cap(real, n_cap, seed), extractor, inception_weights, target_class)
+    sampler = load_any(model)
+    scorer = Scorer(_cap(real, n_cap, seed), extractor, inception_weights, target_class)
     metrics = evaluate_sampler(sampler, real, repeats=repeats, seed=seed, scorer=scorer)
 
     curve, curve_source = logged_curve(run_dir), "logged evaluations in metrics.jsonl (500 samples each, fixed seed)"
     if not curve and (run_dir / "checkpoints").is_dir():
         curve = checkpoint_curve(run_dir, scorer, seed=seed)
         curve_source = "checkpoints on disk (paper protocol, one draw each)"
-    result = {"metrics": metrics, "curve": curve, "curve_source": curve_source if curve else None,
-              "method": cfg.method, "steps": cfg.train.steps, "target_class": target_class}
-    if write_report:
-        from .report import write_run_report
-
-        result["report"] = write_run_report(run_dir, result)
-    return result
+    return {"metrics": metrics, "curve": curve, "curve_source": curve_source if curve else None,
+            "method": cfg.method, "steps": cfg.train.steps, "target_class": target_class}

@@ -26,13 +26,11 @@ codes so that a resumed run replays the same batches).
 """
 from __future__ import annotations
 
-import copy
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .models import GeneratorAdapter, Sampler, load_generator, load_sampler, read_info, save_sampler
+from .samplers import GeneratorAdapter, Sampler
 
 
 def region_means(n: int, dim: int, spacing: float = 4.0) -> torch.Tensor:
@@ -52,7 +50,7 @@ def attach_labels(x: torch.Tensor, labels: torch.Tensor, n: int) -> torch.Tensor
     return torch.cat([x, planes], 1)
 
 
-def _single_latent(adapter: GeneratorAdapter):
+def single_latent(adapter: GeneratorAdapter):
     if len(adapter.latent_spec) != 1:
         raise ValueError(f"fusion needs generators with a single latent input; got {list(adapter.latent_spec)}")
     name, latent = next(iter(adapter.latent_spec.items()))
@@ -67,7 +65,7 @@ class FusedSampler(Sampler):
     def __init__(self, generator: GeneratorAdapter, means: torch.Tensor, sigma: float = 1.0,
                  label_channels: bool = False):
         super().__init__(generator)
-        self.latent_name, dim = _single_latent(generator)
+        self.latent_name, dim = single_latent(generator)
         means = torch.as_tensor(means, dtype=torch.float32)
         if means.ndim != 2 or means.shape[1] != dim:
             raise ValueError(f"region means must be [N, {dim}], got {tuple(means.shape)}")
@@ -144,83 +142,3 @@ class PseudoRealData:
         if self.label_channels:
             out = attach_labels(out, torch.arange(n, device=self.device) % N, N)
         return out
-
-
-def fuse(generators, *, init_from: int = 0, critic=None, spacing=None, sigma=None, label_critic=None,
-         pool: int = 20000, run_dir=None, seed=0, device=None, model_cfg=None, train_cfg=None, resume=False,
-         callbacks=(), run_config=None, allow_pickle=False, **train_kwargs):
-    """Fuse ``generators`` (adapters or files) into one generator; returns an api.Result whose
-    sampler is a :class:`FusedSampler` (unlabelled). ``spacing`` / ``sigma`` / ``label_critic``
-    default to ``train.fusion_spacing`` / ``fusion_sigma`` / ``fusion_label_critic``."""
-    from . import api
-    from .nets import build_critic
-    from .trainer import ParamGroup, Trainer
-
-    device = api.resolve_device(device)
-    rc = api.resolve_run_config("fuse", seed, None, model_cfg, train_cfg, train_kwargs)
-    tcfg, model_cfg = rc.train, rc.model
-    spacing = tcfg.fusion_spacing if spacing is None else spacing
-    sigma = tcfg.fusion_sigma if sigma is None else sigma
-    label_critic = tcfg.fusion_label_critic if label_critic is None else label_critic
-    if len(generators) < 2:
-        raise ValueError("fusion needs at least two generators")
-    torch.manual_seed(seed)
-    sources = [g if isinstance(g, GeneratorAdapter) else load_generator(str(g), allow_pickle=allow_pickle)
-               for g in generators]
-    sources = [s.to(device).freeze(True) for s in sources]
-    _, dim = _single_latent(sources[init_from])
-    shapes = set()
-    for s in sources:
-        with torch.no_grad():
-            shapes.add(tuple(s(s.latent_spec.sample(2, torch.Generator().manual_seed(0), device)).shape[1:]))
-    if len(shapes) != 1:
-        raise ValueError(f"the generators make samples of different shapes {sorted(shapes)}; fusion needs one")
-    fused = copy.deepcopy(sources[init_from]).freeze(False)  # G_F starts as one of the sources
-    means = region_means(len(sources), dim, spacing)
-    sampler = FusedSampler(fused, means, sigma, label_channels=label_critic).to(device)
-    data = PseudoRealData(sources, pool=pool, seed=seed, label_channels=label_critic).to(device)
-
-    critic_build = None
-    if isinstance(critic, nn.Module):
-        critic_module = critic
-    else:
-        example = data[torch.arange(2)]
-        critic_build = {"arch": api.critic_arch_for(example, model_cfg)}
-        critic_module = build_critic(critic_build["arch"])
-    critic_module = critic_module.to(device)
-    groups = [ParamGroup("generator", fused, 0)]
-    if run_config is not None:
-        run_config.train = tcfg
-    run_dir = api.open_run_dir(run_dir, resume, run_config or rc)
-    trainer = Trainer(sampler, critic_module, data, tcfg, groups, run_dir=run_dir, seed=seed, device=device,
-                      callbacks=callbacks)
-    metrics = trainer.fit(resume=resume)
-    sampler.label_channels = False
-    sampler.eval()
-    if run_dir is not None and trainer.is_main:
-        fusion_info = {"means": means.tolist(), "sigma": sigma, "label_critic": label_critic,
-                       "sources": [str(g) if not isinstance(g, nn.Module) else f"module{i}" for i, g in enumerate(generators)]}
-        # a labelled critic does not fit mining (its input has the label channels): not stored then
-        save_sampler(run_dir / "model.safetensors", sampler, critic=None if label_critic else critic_module,
-                     critic_build=critic_build, extra={"method": "fuse", "steps": tcfg.steps, "fusion": fusion_info})
-    return api.Result(sampler, critic_module, metrics, run_dir)
-
-
-def load_fused_sampler(path, device="cpu") -> FusedSampler:
-    """A fused generator file as a sampler drawing from its mixture of regions."""
-    info = read_info(path)
-    if not info or "fusion" not in info:
-        raise ValueError(f"{str(path)!r} is not a fused generator (no fusion metadata)")
-    base = load_sampler(path, device=device)
-    f = info["fusion"]
-    return FusedSampler(base.generator, torch.tensor(f["means"]), f["sigma"]).to(device).eval()
-
-
-def run_fuse_config(cfg, resume=False, callbacks=()):
-    """`fastmine fuse`: ``source.generators`` fused into one generator."""
-    gens = list(cfg.source.generators or [])
-    if len(gens) < 2:
-        raise ValueError("fuse needs source.generators=[a.safetensors,b.safetensors] (two or more files)")
-    return fuse(gens, run_dir=cfg.run_dir, seed=cfg.seed, device=cfg.device, model_cfg=cfg.model,
-                train_cfg=cfg.train, resume=resume, callbacks=callbacks, run_config=cfg,
-                allow_pickle=cfg.source.allow_pickle)

@@ -1,11 +1,15 @@
 """Methods as data: which sampler, which parameters train from when, and the papers' defaults.
 
-Every method runs in the one :class:`fastmine.trainer.Trainer` (DESIGN.md §1); this
-module only says what differs.
+Every method runs in the one :class:`fastmine.trainer.Trainer`; this module only says what
+differs. ``kind`` picks the builder of :mod:`fastmine.runs` (single, multi, fuse,
+conditional); ``commands`` are the CLI commands that run the method (the one table the CLI
+and the demo read).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+
+KINDS = ("single", "multi", "fuse", "conditional")
 
 
 @dataclass(frozen=True)
@@ -13,12 +17,13 @@ class Method:
     name: str
     uses_miner: bool                 # S(u) = G(M(u)) rather than G(z)
     generator_trains: str            # "never" | "always" | "after_mining"
+    commands: tuple = ()             # `fastmine COMMAND` entries that run it
     freeze_critic_blocks: bool = False   # FreezeD
     fresh_generator: bool = False    # from scratch: re-initialise G
     fresh_critic: bool = False       # from scratch: re-initialise D
     sparse_critic: bool = False      # S³ (§3.4.2): critic gradients masked to a sparse set of filters
-    kind: str = "single"             # "single" (api.train) | "multi" (fastmine.multi) | "fuse" (fastmine.fusion)
-    defaults: dict = field(default_factory=dict)
+    kind: str = "single"             # the builder in fastmine.runs.BUILDERS
+    defaults: dict = field(default_factory=dict)  # {section: {key: value}} for the config's None fields
     summary: str = ""
 
 
@@ -28,36 +33,42 @@ class Method:
 # Miner init (measured on the digits demo, README "Miner initialisation"): the paper's
 # N(0, 0.01) for MineGAN (FID 34.6 vs 51.6 residual); residual for reprogramming, whose small
 # lr leaves the N(0, 0.01) start collapsed (FID 146.8, MV 0.006 vs 69.3, MV 2.58).
-_MINEGAN = dict(lr=4e-4, critic_lr=4e-4, betas=[0.5, 0.999], batch_size=64, n_critic=5, gp_weight=10.0, seed_dist="normal",
-                init="normal")
-_WGANGP = dict(lr=1e-4, critic_lr=1e-4, betas=[0.0, 0.9], batch_size=64, n_critic=5, gp_weight=10.0, seed_dist="normal")
-_REPROGRAM = dict(lr=1e-4, critic_lr=1e-4, betas=[0.0, 0.9], batch_size=32, n_critic=10, gp_weight=1.0, seed_dist="uniform",
-                  init="residual")
+_MINEGAN = {"train": dict(lr=4e-4, critic_lr=4e-4, betas=[0.5, 0.999], batch_size=64, n_critic=5),
+            "loss": dict(gp_weight=10.0), "miner": dict(seed_dist="normal", init="normal")}
+_WGANGP = {"train": dict(lr=1e-4, critic_lr=1e-4, betas=[0.0, 0.9], batch_size=64, n_critic=5),
+           "loss": dict(gp_weight=10.0), "miner": dict(seed_dist="normal")}
+_REPROGRAM = {"train": dict(lr=1e-4, critic_lr=1e-4, betas=[0.0, 0.9], batch_size=32, n_critic=10),
+              "loss": dict(gp_weight=1.0), "miner": dict(seed_dist="uniform", init="residual")}
+# the project's source recipe (`fastmine pretrain`): WGAN-GP with Adam(2e-4, 0.5, 0.9)
+_PRETRAIN = {"train": dict(lr=2e-4, critic_lr=2e-4, betas=[0.5, 0.9], batch_size=64, n_critic=5),
+             "loss": dict(gp_weight=10.0), "miner": dict(seed_dist="normal")}
 
 METHODS = {
     m.name: m
     for m in [
-        Method("minegan_noft", True, "never", defaults=_MINEGAN,
+        Method("minegan_noft", True, "never", ("mine",), defaults=_MINEGAN,
                summary="MineGAN w/o FT: train a miner in front of the frozen generator (eq. 3-4)"),
-        Method("minegan", True, "after_mining", defaults=_MINEGAN,
+        Method("minegan", True, "after_mining", ("mine",), defaults=_MINEGAN,
                summary="MineGAN: mine, then finetune miner, generator and critic together (§3.4.1)"),
-        Method("finetune", True, "always", defaults=_MINEGAN,
-               summary="the finetuning stage alone, starting from a mined file"),
-        Method("reprogram", True, "never", defaults=_REPROGRAM,
-               summary="GAN reprogramming (Lee et al.): uniform-seed code generator, WGAN-GP lambda=1"),
-        Method("transfergan", False, "always", defaults=_WGANGP,
-               summary="TransferGAN: finetune the pretrained generator and critic"),
-        Method("freezed", False, "always", freeze_critic_blocks=True, defaults=_WGANGP,
-               summary="FreezeD: TransferGAN with the critic's leading blocks frozen"),
-        Method("scratch", False, "always", fresh_generator=True, fresh_critic=True, defaults=_WGANGP,
-               summary="from scratch: a freshly initialised GAN (also what `pretrain` runs)"),
-        Method("minegan_pp", True, "after_mining", sparse_critic=True, defaults=_MINEGAN,
+        Method("minegan_pp", True, "after_mining", ("mine",), sparse_critic=True, defaults=_MINEGAN,
                summary="MineGAN++: MineGAN with the critic trained under S³ masks in both stages (§3.4.2)"),
-        Method("transfergan_pp", False, "always", sparse_critic=True, defaults=_WGANGP,
+        Method("finetune", True, "always", ("finetune",), defaults=_MINEGAN,
+               summary="the finetuning stage alone, starting from a mined file"),
+        Method("reprogram", True, "never", ("reprogram",), defaults=_REPROGRAM,
+               summary="GAN reprogramming (Lee et al.): uniform-seed code generator, WGAN-GP lambda=1"),
+        Method("transfergan", False, "always", ("baseline",), defaults=_WGANGP,
+               summary="TransferGAN: finetune the pretrained generator and critic"),
+        Method("transfergan_pp", False, "always", ("baseline",), sparse_critic=True, defaults=_WGANGP,
                summary="TransferGAN++: TransferGAN with the critic trained under S³ masks"),
-        Method("minegan_multi", True, "never", kind="multi", defaults=_MINEGAN,
+        Method("freezed", False, "always", ("baseline",), freeze_critic_blocks=True, defaults=_WGANGP,
+               summary="FreezeD: TransferGAN with the critic's leading blocks frozen"),
+        Method("scratch", False, "always", ("baseline", "pretrain"), fresh_generator=True, fresh_critic=True,
+               defaults=_WGANGP, summary="from scratch: a freshly initialised GAN (also what `pretrain` runs)"),
+        Method("pretrain_conditional", False, "always", ("pretrain",), kind="conditional", defaults=_PRETRAIN,
+               summary="a class-conditional source GAN on labelled data, ready for conditional mining (§4.1)"),
+        Method("minegan_multi", True, "never", ("mine-multi",), kind="multi", defaults=_MINEGAN,
                summary="MineGAN(multi): one miner per frozen generator, supersamples, selector π (eq. 5-10)"),
-        Method("fuse", False, "always", kind="fuse", defaults=_WGANGP,
+        Method("fuse", False, "always", ("fuse",), kind="fuse", defaults=_WGANGP,
                summary="fusion: N generators into one conditioned through its prior (eq. 15-16)"),
     ]
 }
@@ -69,16 +80,6 @@ def get_method(name: str) -> Method:
     return METHODS[name]
 
 
-def fill_defaults(cfg):
-    """Fill the ``None`` training/miner settings of a RunConfig from its method's defaults."""
-    method = get_method(cfg.method)
-    for key, value in method.defaults.items():
-        if key in ("seed_dist", "init"):
-            if getattr(cfg.miner, key) is None:
-                setattr(cfg.miner, key, value)
-        elif getattr(cfg.train, key) is None:
-            setattr(cfg.train, key, list(value) if isinstance(value, list) else value)
-    if cfg.train.mine_steps is None:
-        cfg.train.mine_steps = cfg.train.steps // 2 if method.generator_trains == "after_mining" else (
-            cfg.train.steps if method.generator_trains == "never" else 0)
-    return cfg
+def methods_of(command: str) -> tuple:
+    """The methods `fastmine COMMAND` runs, in the table's order."""
+    return tuple(m.name for m in METHODS.values() if command in m.commands)

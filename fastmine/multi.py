@@ -17,8 +17,10 @@ Selection rules (DESIGN.md §2, "Supersample selection"):
   of generators with seeds is shuffled.
 
 The selector π_i is the fraction of argmax wins of generator i over the last ``window``
-(default 1000) minibatches — every training-mode call of the sampler is one minibatch
-(the critic steps' and the sampler step's), all ranks together. At sampling time (eval
+(default 1000) minibatches, the paper's unit: every training-mode call of the sampler is one
+minibatch of supersamples, so a generator update (n_critic critic steps and one sampler
+step) adds n_critic + 1 rows — 1000 rows are about 167 updates at n_critic=5. With several
+processes each row sums the wins of all ranks (the trainer binds the all-reduce). At sampling time (eval
 mode) generator i is drawn from Categorical(π) per sample.
 
 Seeds carry one extra column: ``draw_seeds`` returns [n, seed_dim + 1], the last column a
@@ -27,8 +29,7 @@ ignores it. This keeps "same seed, same samples" and draws nothing on the host.
 
 Two paths give the same result:
 
-- ``fast`` (default): score all N·K candidates without autograd (optionally in bf16 on
-  CUDA), select, then re-run only the K chosen seeds through their generators with
+- ``fast`` (default): score all N·K candidates without autograd, select, then re-run only the K chosen seeds through their generators with
   autograd. In the critic step (no autograd anyway) the chosen candidates are gathered
   directly, nothing is re-run.
 - ``naive``: every candidate with autograd, then index the chosen ones: N times the
@@ -36,8 +37,7 @@ Two paths give the same result:
 """
 from __future__ import annotations
 
-import json
-from pathlib import Path
+from typing import Callable
 
 import torch
 from torch import nn
@@ -45,10 +45,7 @@ from torch import nn
 from fastmine_kernels.supersample_select import RULES, supersample_select
 
 from .latent import draw
-from .miner import Miner
-from .models import (GeneratorAdapter, Sampler, _load_state, _part, atomic_save_safetensors, build_module,
-                     has_critic, load_generator, load_sampler, read_file, read_info,
-                     seeded_sample)
+from .samplers import Sampler, seeded_sample
 
 PATHS = ("fast", "naive")
 
@@ -57,7 +54,7 @@ class MultiSampler(nn.Module):
     """N samplers G_i(M_i(u)) sharing one seed per supersample, selected by a critic."""
 
     def __init__(self, samplers, rule: str = "permute", window: int = 1000, path: str = "fast",
-                 impl: str = "auto", score_dtype: torch.dtype | None = None, seed: int = 0):
+                 impl: str = "auto", seed: int = 0):
         super().__init__()
         samplers = list(samplers)
         if len(samplers) < 1:
@@ -77,7 +74,7 @@ class MultiSampler(nn.Module):
                              f"(seed_dim, seed_dist) = {sorted(dims)}: set miner.seed_dim to one value")
         self.samplers = nn.ModuleList(samplers)
         self.seed_dim, self.seed_dist = dims.pop()
-        self.rule, self.path, self.impl, self.score_dtype = rule, path, impl, score_dtype
+        self.rule, self.path, self.impl = rule, path, impl
         n = len(samplers)
         # the ring buffer of per-minibatch win counts and its write position: buffers, so
         # the trainer's checkpoints carry them and a resumed run keeps its selector
@@ -87,6 +84,7 @@ class MultiSampler(nn.Module):
         # with the state dict (get_extra_state), so a resumed run draws the same ones
         self._perm_gen = torch.Generator().manual_seed(int(seed))
         self._critic_ref: tuple = ()
+        self._all_reduce: Callable | None = None  # sums a tensor over processes (bound by the trainer)
         self.last_selection = None  # the latest SelectResult (chosen, winners, counts, ...), for inspection
 
     # ------------------------------------------------------------------ parts
@@ -98,9 +96,11 @@ class MultiSampler(nn.Module):
     def window(self) -> int:
         return self.selector_window.shape[0]
 
-    def bind_critic(self, critic: nn.Module):
-        """The critic that scores candidates (held by reference, not as a submodule)."""
+    def bind_critic(self, critic: nn.Module, all_reduce: Callable | None = None):
+        """The critic that scores candidates (held by reference, not as a submodule) and, with
+        several processes, ``all_reduce(tensor)`` summing in place over them (for π's counts)."""
         self._critic_ref = (critic,)
+        self._all_reduce = all_reduce
 
     @property
     def critic(self):
@@ -163,12 +163,7 @@ class MultiSampler(nn.Module):
 
     def score(self, cands: torch.Tensor) -> torch.Tensor:
         K, N = cands.shape[:2]
-        flat = cands.flatten(0, 1)
-        if self.score_dtype is not None and flat.is_cuda:
-            with torch.autocast("cuda", dtype=self.score_dtype):
-                s = self.critic(flat)
-        else:
-            s = self.critic(flat)
+        s = self.critic(cands.flatten(0, 1))
         return s.to(torch.promote_types(s.dtype, torch.float32)).reshape(K, N)  # bf16 scores select in fp32
 
     def _select(self, scores, candidates=None):
@@ -184,13 +179,11 @@ class MultiSampler(nn.Module):
 
     def _all_reduce_last_counts(self):
         # π counts the wins of all ranks together: sum this minibatch's row over ranks
-        if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
-            return
-        if torch.distributed.get_world_size() == 1:
+        if self._all_reduce is None:
             return
         slot = (self.selector_pos - 1) % self.window
         row = self.selector_window.index_select(0, slot)
-        torch.distributed.all_reduce(row)
+        self._all_reduce(row)
         self.selector_window.index_copy_(0, slot, row)
 
     def _forward_fast(self, u):
@@ -234,158 +227,3 @@ def selector_log(trainer, step) -> dict:
     if not isinstance(sampler, MultiSampler):
         return {}
     return {"selector_probs": [round(float(p), 5) for p in sampler.selector_probs.tolist()]}
-
-
-# --------------------------------------------------------------------------- files
-def save_multi_sampler(path, sampler: MultiSampler, critic=None, critic_build=None, extra=None):
-    """One safetensors file: part{i}.generator.*, part{i}.miner.*, the selector window, JSON metadata."""
-    parts, tensors = [], {}
-    for i, s in enumerate(sampler.samplers):
-        g = s.generator
-        part = {"generator": {"build": g.build, "latent_spec": g.latent_spec.to_dict()},
-                "miner": {"seed_dim": s.seed_dim, "seed_dist": s.seed_dist}}
-        if isinstance(s.miner, Miner):
-            part["miner"]["config"] = s.miner.config()
-        parts.append(part)
-        tensors.update({f"part{i}.generator.{k}": v for k, v in g.module.state_dict().items()})
-        tensors.update({f"part{i}.miner.{k}": v for k, v in s.miner.state_dict().items()})
-    tensors["selector_window"] = sampler.selector_window
-    tensors["selector_pos"] = sampler.selector_pos
-    info = {"format": 1, "kind": "multi_sampler", **(extra or {}), "rule": sampler.rule, "parts": parts,
-            "selector_probs": [float(p) for p in sampler.selector_probs.tolist()]}
-    if critic is not None and critic_build is not None:
-        tensors.update({f"critic.{k}": v for k, v in critic.state_dict().items()})
-        info["critic"] = {"build": critic_build}
-    atomic_save_safetensors(tensors, path, {"fastmine": info})
-
-
-def load_multi_sampler(path, device="cpu") -> MultiSampler:
-    tensors, info = read_file(path)
-    if info is None or info.get("kind") != "multi_sampler":
-        raise ValueError(f"{str(path)!r} is not a fastmine multi-generator file")
-    samplers = []
-    for i, part in enumerate(info["parts"]):
-        g = part["generator"]
-        if g["build"] is None:
-            raise ValueError(f"{str(path)!r}: generator {i} is a user module stored as weights only; "
-                             "rebuild the MultiSampler from your modules and load_state_dict")
-        module = build_module(g["build"], "generator")
-        _load_state(module, _part(tensors, f"part{i}.generator"), f"generator {i}", path)
-        m = part["miner"]
-        if "config" not in m:
-            raise ValueError(f"{str(path)!r}: miner {i} is a custom module; rebuild it yourself")
-        miner = Miner(**m["config"])
-        _load_state(miner, _part(tensors, f"part{i}.miner"), f"miner {i}", path)
-        samplers.append(Sampler(GeneratorAdapter(module, g["latent_spec"], build=g["build"]), miner,
-                                seed_dim=m["seed_dim"], seed_dist=m["seed_dist"]))
-    window = tensors["selector_window"]
-    ms = MultiSampler(samplers, rule=info.get("rule", "permute"), window=window.shape[0])
-    ms.selector_window.copy_(window)
-    ms.selector_pos.copy_(tensors["selector_pos"])
-    return ms.to(device).eval()
-
-
-def load_any_sampler(path, device="cpu"):
-    """Whatever a fastmine run wrote: a single, multi-generator or fused sampler."""
-    info = read_info(path)
-    kind = (info or {}).get("kind")
-    if kind == "multi_sampler":
-        return load_multi_sampler(path, device)
-    if info and "fusion" in info and "miner" not in info:
-        from .fusion import load_fused_sampler
-
-        return load_fused_sampler(path, device)
-    return load_sampler(path, device=device)
-
-
-# --------------------------------------------------------------------------- training
-def mine_multi(generators, target, **kwargs):
-    """MineGAN(multi): one miner per frozen generator, critic-max selection, the selector π
-    (arguments: :func:`prepare_multi`)."""
-    return prepare_multi(generators, target, **kwargs).fit()
-
-
-def prepare_multi(generators, target, *, critic=None, rule=None, window=None, path=None, run_dir=None, seed=0,
-                  device=None, miner_cfg=None, model_cfg=None, train_cfg=None, resume=False, callbacks=(),
-                  run_config=None, allow_pickle=False, accelerator=None, **train_kwargs):
-    """Build (not train) MineGAN(multi): one miner per frozen generator, one critic.
-
-    generators: a list of :class:`GeneratorAdapter` or paths / factories for
-        :func:`load_generator` (all making samples of the target's shape).
-    critic: a module, a file holding one, or None: the critic stored with the *first*
-        generator file that has one (the paper initialises it from one pretrained critic;
-        which one matters little, §5.1.2), else a fresh project critic.
-    rule / window / path: default ``train.selector_rule`` / ``selector_window`` /
-        ``selection_path`` of the config (permute / 1000 / fast).
-    """
-    from . import api
-    from .trainer import ParamGroup, Trainer
-
-    device = api.resolve_device(device)
-    rc = api.resolve_run_config("minegan_multi", seed, miner_cfg, model_cfg, train_cfg, train_kwargs)
-    tcfg, miner_cfg, model_cfg = rc.train, rc.miner, rc.model
-    rule = rule or getattr(tcfg, "selector_rule", "permute")
-    window = window or getattr(tcfg, "selector_window", 1000)
-    path = path or getattr(tcfg, "selection_path", "fast")
-    target = torch.as_tensor(target).float()
-    if len(target) == 0:
-        raise ValueError("the target data is empty")
-    if not generators:
-        raise ValueError("mine_multi needs a list of generators (source.generators)")
-    torch.manual_seed(seed)
-    adapters, critic_source = [], None
-    for g in generators:
-        if isinstance(g, GeneratorAdapter):
-            adapters.append(g)
-            continue
-        if critic_source is None and isinstance(g, (str, Path)) and Path(g).is_file() and has_critic(g):
-            critic_source = str(g)
-        adapters.append(load_generator(str(g), allow_pickle=allow_pickle))
-    samplers = []
-    for a in adapters:
-        a = a.to(device).freeze(True)
-        miner = Miner(a.latent_spec, seed_dim=miner_cfg.seed_dim, seed_dist=miner_cfg.seed_dist,
-                      hidden=miner_cfg.hidden, layers=miner_cfg.layers, init=miner_cfg.init)
-        samplers.append(Sampler(a, miner))
-    sampler = MultiSampler(samplers, rule=rule, window=window, path=path, impl=tcfg.impl, seed=seed).to(device)
-    for s in samplers:
-        api._check_output_matches(s, target, device)
-
-    critic_module, critic_build = api.resolve_critic(critic if critic is not None else critic_source, target,
-                                                    model_cfg, allow_pickle=allow_pickle)
-    critic_module = critic_module.to(device)
-
-    groups = [ParamGroup(f"miner{i}", s.miner, 0) for i, s in enumerate(samplers)]
-    if run_config is not None:
-        run_config.train, run_config.miner = tcfg, miner_cfg
-    run_dir = api.open_run_dir(run_dir, resume, run_config or rc)
-    # with several processes the trainer averages gradients and the sampler all-reduces the
-    # selector's win counts, so π is the frequency over all ranks' supersamples
-    trainer = Trainer(sampler, critic_module, target, tcfg, groups, run_dir=run_dir, seed=seed, device=device,
-                      accelerator=accelerator, callbacks=[selector_log, *callbacks])
-
-    def finish(trainer):
-        if run_dir is None or not trainer.is_main:
-            return
-        save_multi_sampler(run_dir / "model.safetensors", sampler, critic=critic_module, critic_build=critic_build,
-                           extra={"method": "minegan_multi", "steps": tcfg.steps})
-        (run_dir / "selector.json").write_text(json.dumps(
-            {"selector_probs": [float(p) for p in sampler.selector_probs.tolist()], "rule": rule,
-             "window": window, "generators": [str(g) if not isinstance(g, nn.Module) else f"module{i}"
-                                              for i, g in enumerate(generators)]}, indent=1))
-
-    return api.Run(trainer, finish, resume)
-
-
-def prepare_multi_config(cfg, resume=False, callbacks=(), accelerator=None, write=True):
-    """`fastmine mine-multi`: ``source.generators`` mined for ``data``."""
-    from .data import load_data
-
-    src = cfg.source
-    gens = list(getattr(src, "generators", None) or [])
-    if len(gens) < 2:
-        raise ValueError("mine-multi needs source.generators=[a.safetensors,b.safetensors] (two or more files)")
-    data = load_data(cfg.data)
-    return prepare_multi(gens, data, critic=src.critic, run_dir=cfg.run_dir if write else None, seed=cfg.seed, device=cfg.device,
-                      miner_cfg=cfg.miner, model_cfg=cfg.model, train_cfg=cfg.train, resume=resume,
-                      callbacks=callbacks, run_config=cfg, allow_pickle=src.allow_pickle, accelerator=accelerator)

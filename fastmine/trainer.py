@@ -19,10 +19,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from tqdm.auto import tqdm
+
+from . import distributed
 from .data import DeviceSampler
+from .files import atomic_save_safetensors, atomic_torch_save, atomic_write_text, read_file
 from .images import save_grid
 from .losses import check_critic_for_penalty, critic_loss, gradient_penalty, sampler_loss
-from .models import atomic_save_safetensors
 
 AMP = ("none", "bf16")
 COMPILE = ("none", "sampler", "first_order")
@@ -63,24 +66,28 @@ class TrainState:
 
 
 class Trainer:
-    def __init__(self, sampler, critic, data: torch.Tensor, cfg, groups, critic_params=None,
-                 run_dir=None, seed=0, device="cpu", accelerator=None, callbacks=()):
+    """``cfg`` is the run's :class:`~fastmine.config.RunConfig`; the trainer reads its
+    ``train``, ``loss``, ``perf``, ``log`` and ``dist.streams`` sections and ``seed``."""
+
+    def __init__(self, sampler, critic, data, cfg, groups, critic_params=None, run_dir=None, device="cpu",
+                 accelerator=None, callbacks=()):
         self.cfg = cfg
+        seed = cfg.seed
         self.accelerator = accelerator
         self.rank = accelerator.process_index if accelerator else 0
         self.world = accelerator.num_processes if accelerator else 1
         self.device = torch.device(device)
-        if cfg.amp not in AMP:
-            raise ValueError(f"train.amp must be one of {', '.join(AMP)}, got {cfg.amp!r}")
+        if cfg.perf.amp not in AMP:
+            raise ValueError(f"perf.amp must be one of {', '.join(AMP)}, got {cfg.perf.amp!r}")
         self.sampler = sampler.to(self.device)
         self.critic = critic.to(self.device)
-        self.channels_last = _resolve_channels_last(cfg.channels_last, self.device)
+        self.channels_last = _resolve_channels_last(cfg.perf.channels_last, self.device)
         if self.channels_last:  # 4-d weights and images in NHWC: what cuDNN / oneDNN convolutions prefer
             _to_channels_last(self.sampler)
             _to_channels_last(self.critic)
-        if cfg.gp_weight and cfg.gp_weight > 0:
+        if cfg.loss.gp_weight and cfg.loss.gp_weight > 0:
             check_critic_for_penalty(self.critic)
-        self._sampler_fwd, self._critic_fwd = _compiled(self.sampler, self.critic, cfg.compile)
+        self._sampler_fwd, self._critic_fwd = _compiled(self.sampler, self.critic, cfg.perf.compile)
         self.data = DeviceSampler(data, self.device, channels_last=self.channels_last)
         self.groups = list(groups)
         self.critic_params = [p for p in (critic_params if critic_params is not None else critic.parameters())]
@@ -90,32 +97,30 @@ class Trainer:
         for p in self.critic.parameters():
             p.requires_grad_(id(p) in trainable)
         if hasattr(self.sampler, "bind_critic"):  # samplers that select with the critic (multi-generator)
-            self.sampler.bind_critic(self.critic)
+            self.sampler.bind_critic(self.critic, distributed.all_reduce_sum_ if self.world > 1 else None)
         self.run_dir = Path(run_dir) if run_dir else None
         self.callbacks = list(callbacks)
         self.seed = seed
         # one random stream per rank, on the training device: seeds, batches and ε all come
         # from it, so a resumed run replays exactly what an uninterrupted one would draw
-        # (several streams per rank when train.streams > world: the global batch is the same
+        # (several streams per rank when dist.streams > world: the global batch is the same
         # whatever the number of processes, fastmine.distributed explains)
-        from . import distributed
-
         self.streams, self.stream_batch = distributed.stream_layout(
-            getattr(cfg, "streams", None), self.world, self.rank, cfg.batch_size)
+            cfg.dist.streams, self.world, self.rank, cfg.train.batch_size)
         self.rngs = distributed.make_streams(seed, self.streams, self.device)
         self.rng = self.rngs[0]
         if self.world > 1:  # replicated parts start identical on every rank (what DDP does)
             distributed.broadcast_params_(list(self.critic.parameters()) + [p for g in self.groups for p in g.params()])
-        self.grid_seeds = sampler.draw_seeds(cfg.grid_size, torch.Generator(self.device).manual_seed(seed + 12345), self.device)
+        self.grid_seeds = sampler.draw_seeds(cfg.log.grid_size, torch.Generator(self.device).manual_seed(seed + 12345), self.device)
         # lazy regularisation (StyleGAN2 §B): the penalty every k-th critic step, scaled by k,
         # with Adam's lr and betas adjusted so the overall step size is unchanged
-        k = max(1, cfg.gp_every)
+        k = max(1, cfg.loss.gp_every)
         c = k / (k + 1) if k > 1 else 1.0
-        betas = tuple(b**c for b in cfg.betas)
-        fused = {"fused": True} if cfg.fused_adam else {}
-        self.opt_critic = torch.optim.Adam(self.critic_params, lr=cfg.critic_lr * c, betas=betas, **fused)
+        betas = tuple(b**c for b in cfg.train.betas)
+        fused = {"fused": True} if cfg.perf.fused_adam else {}
+        self.opt_critic = torch.optim.Adam(self.critic_params, lr=cfg.train.critic_lr * c, betas=betas, **fused)
         self.opt_sampler = torch.optim.Adam(
-            [{"params": g.params(), "lr": g.lr or cfg.lr} for g in self.groups], lr=cfg.lr, betas=tuple(cfg.betas),
+            [{"params": g.params(), "lr": g.lr or cfg.train.lr} for g in self.groups], lr=cfg.train.lr, betas=tuple(cfg.train.betas),
             **fused)
         self.state = TrainState()
         self._step_t = torch.zeros((), dtype=torch.long, device=self.device)
@@ -147,7 +152,7 @@ class Trainer:
             if step >= 0:
                 raise NonFiniteLossError(
                     f"{term} became NaN/Inf at step {step}; stopped without writing a checkpoint after it. "
-                    "Lower the learning rates, check the data range ([-1, 1]) or raise train.gp_weight; "
+                    "Lower the learning rates, check the data range ([-1, 1]) or raise loss.gp_weight; "
                     "resume from the last good checkpoint with --resume."
                 )
 
@@ -159,14 +164,14 @@ class Trainer:
             self._active = active
 
     def _autocast(self):
-        if self.cfg.amp == "bf16":
+        if self.cfg.perf.amp == "bf16":
             return torch.autocast(self.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
     def _draw(self, draw):
         """``draw(n, generator)`` from every random stream of this rank, concatenated."""
         if len(self.rngs) == 1:
-            return draw(self.cfg.batch_size, self.rng)
+            return draw(self.cfg.train.batch_size, self.rng)
         return torch.cat([draw(self.stream_batch, g) for g in self.rngs])
 
     def _sync_grads(self, params):
@@ -191,12 +196,12 @@ class Trainer:
     # ------------------------------------------------------------------ steps
     def critic_step(self, step, critic_iter):
         cfg = self.cfg
-        B = cfg.batch_size
+        B = cfg.train.batch_size
         real = self._draw(self.data.batch)
         with torch.no_grad(), self._autocast():
             fake = self._sampler_fwd(self._draw(lambda n, g: self.sampler.draw_seeds(n, g, self.device)))
         fake = fake.to(real.dtype)
-        critic = self._critic_fwd  # the loss passes are first order: compiled with train.compile=first_order
+        critic = self._critic_fwd  # the loss passes are first order: compiled with perf.compile=first_order
         with self._autocast():
             if self.device.type == "cuda":  # one pass, half the launches (no batch norm: rows are independent)
                 scores = _at_least_fp32(critic(torch.cat([real, fake])))
@@ -205,11 +210,11 @@ class Trainer:
                 d_real, d_fake = _at_least_fp32(critic(real)), _at_least_fp32(critic(fake))
         loss = critic_loss(d_fake, d_real)
         self._track("wasserstein", d_real.mean() - d_fake.mean(), step)
-        if cfg.gp_weight > 0 and critic_iter % max(1, cfg.gp_every) == 0:
+        if cfg.loss.gp_weight > 0 and critic_iter % max(1, cfg.loss.gp_every) == 0:
             eps = self._draw(lambda n, g: torch.rand(n, generator=g, device=self.device))
             penalty, grad_norm = gradient_penalty(
-                self.critic, real, fake, weight=cfg.gp_weight * max(1, cfg.gp_every), center=cfg.gp_center,
-                one_sided=cfg.gp_one_sided, eps=eps, impl=cfg.impl)
+                self.critic, real, fake, weight=cfg.loss.gp_weight * max(1, cfg.loss.gp_every), center=cfg.loss.gp_center,
+                one_sided=cfg.loss.gp_one_sided, eps=eps, impl=cfg.perf.impl)
             loss = loss + penalty
             self._track("penalty", penalty, step)
             self._track("grad_norm", grad_norm, step)
@@ -243,8 +248,8 @@ class Trainer:
         """One generator-side update: n_critic critic steps, then one sampler step."""
         self._step_t.fill_(step)
         self._set_phase(step)
-        for i in range(self.cfg.n_critic):
-            self.critic_step(step, step * self.cfg.n_critic + i)
+        for i in range(self.cfg.train.n_critic):
+            self.critic_step(step, step * self.cfg.train.n_critic + i)
         self.sampler_step(step)
         self.state.step = step + 1
 
@@ -257,23 +262,21 @@ class Trainer:
         self.critic.train()
         start = self.state.step
         progress = None
-        if cfg.progress and self.is_main:
-            from tqdm.auto import tqdm
-
-            progress = tqdm(total=cfg.steps, initial=start, desc=self.run_dir.name if self.run_dir else "train",
+        if cfg.log.progress and self.is_main:
+            progress = tqdm(total=cfg.train.steps, initial=start, desc=self.run_dir.name if self.run_dir else "train",
                             unit="step", dynamic_ncols=True)
         t0 = time.perf_counter()
         last = {}
-        for step in range(start, cfg.steps):
+        for step in range(start, cfg.train.steps):
             self.train_step(step)
             done = self.state.step
-            if done % cfg.log_every == 0 or done == cfg.steps:
+            if done % cfg.log.log_every == 0 or done == cfg.train.steps:
                 last = self._log(done, time.perf_counter() - t0)
                 if progress:
                     progress.set_postfix(W=f"{last['wasserstein']:.3f}", gp=f"{last['penalty']:.3f}")
-            if self.run_dir and (done % cfg.sample_every == 0 or done == cfg.steps):
+            if self.run_dir and (done % cfg.log.sample_every == 0 or done == cfg.train.steps):
                 self.save_samples(done)  # every rank: a sharded generator's forward is a collective
-            if self.run_dir and (done % cfg.checkpoint_every == 0 or done == cfg.steps):
+            if self.run_dir and (done % cfg.log.checkpoint_every == 0 or done == cfg.train.steps):
                 self.save_checkpoint()
             if progress:
                 progress.update(1)
@@ -288,8 +291,6 @@ class Trainer:
     def _log(self, step, elapsed):
         s = self.state.stats
         if self.world > 1:  # the logged numbers are the means over all ranks (one collective)
-            from . import distributed
-
             terms = [s[t] for t in TERMS] + [s["n_critic"], s["n_sampler"], s["n_penalty"]]
             distributed.all_reduce_mean_(terms)
             distributed.all_reduce_max_(s["first_bad"])
@@ -315,7 +316,7 @@ class Trainer:
         self.sampler.train(was)
         if not self.is_main:
             return None
-        real = self.data.data[:512] if images.ndim == 2 else None
+        real = self.data.preview(512) if images.ndim == 2 else None
         return save_grid(images, self.run_dir / "samples" / f"step_{step:07d}.png", real=real)
 
     # ------------------------------------------------------------------ checkpoints
@@ -329,8 +330,6 @@ class Trainer:
         Each file is written under a temporary name and renamed; latest.json moves last, so a
         kill at any moment leaves it pointing at a complete checkpoint."""
         self._check_finite()  # never save weights that went through a NaN step
-        from . import distributed
-
         # every stream's state, in stream order, so any world size can resume them
         rngs = [t for per_rank in distributed.all_gather_objects([g.get_state() for g in self.rngs]) for t in per_rank]
         if not self.is_main:
@@ -345,16 +344,14 @@ class Trainer:
         state = {"step": step, "opt_critic": self.opt_critic.state_dict(), "opt_sampler": self.opt_sampler.state_dict(),
                  "rng": self.rng.get_state(), "rngs": rngs, "torch_rng": torch.get_rng_state(),
                  "stats": {k: v.cpu() for k, v in self.state.stats.items()}}
-        _atomic_torch_save(state, d / f"ckpt-{step:07d}.state.pt")
-        _atomic_write_text(d / "latest.json", json.dumps({"step": step}))
+        atomic_torch_save(state, d / f"ckpt-{step:07d}.state.pt")
+        atomic_write_text(d / "latest.json", json.dumps({"step": step}))
         kept = sorted(d.glob("ckpt-*.safetensors"))
-        for old in kept[: -max(1, self.cfg.keep_checkpoints)]:
+        for old in kept[: -max(1, self.cfg.log.keep_checkpoints)]:
             old.unlink(missing_ok=True)
             old.with_name(old.name.replace(".safetensors", ".state.pt")).unlink(missing_ok=True)
 
     def load_checkpoint(self):
-        from .models import read_file
-
         latest = self.ckpt_dir / "latest.json" if self.run_dir else None
         if latest is None or not latest.is_file():
             raise FileNotFoundError(f"no checkpoint to resume from in {str(self.ckpt_dir)!r} (latest.json missing)")
@@ -364,8 +361,6 @@ class Trainer:
         if not state_path.is_file():
             raise FileNotFoundError(f"checkpoint state {str(state_path)!r} is missing; the checkpoint is incomplete")
         state = torch.load(state_path, map_location="cpu", weights_only=True)
-        from . import distributed
-
         # the generator may be missing (written sharded) or present (written unsharded): a
         # frozen generator comes from its own file either way
         frozen_generator = getattr(getattr(self.sampler, "generator", None), "frozen", False)
@@ -384,7 +379,7 @@ class Trainer:
             self.rng = self.rngs[0]
             if self.is_main:
                 print(f"resuming {len(rngs)} random stream(s) as {self.world * len(self.rngs)}: the run continues "
-                      "on fresh streams (set train.streams to resume on the same numbers)")
+                      "on fresh streams (set dist.streams to resume on the same numbers)")
         torch.set_rng_state(state["torch_rng"])
         self.state.step = step
         self.state.stats = {k: v.to(self.device) for k, v in state["stats"].items()}
@@ -394,7 +389,7 @@ class Trainer:
 
 
 def _compiled(sampler, critic, mode):
-    """(sampler, critic) forwards for the first-order passes, compiled per ``train.compile``.
+    """(sampler, critic) forwards for the first-order passes, compiled per ``perf.compile``.
 
     The penalty's pass always runs the eager critic: torch.compile does not support the
     double backward (DESIGN.md §7). The compiled wrappers share the modules' parameters, so
@@ -402,38 +397,34 @@ def _compiled(sampler, critic, mode):
     requires_grad or train/eval is a guard: it recompiles once).
     """
     if mode not in COMPILE:
-        raise ValueError(f"train.compile must be one of {', '.join(COMPILE)}, got {mode!r}")
+        raise ValueError(f"perf.compile must be one of {', '.join(COMPILE)}, got {mode!r}")
     if mode == "none":
         return sampler, critic
     if hasattr(sampler, "bind_critic"):
-        raise ValueError("train.compile compiles a single-generator sampler; the multi-generator sampler picks "
-                         "candidates by the critic's scores (data-dependent shapes). Set train.compile=none.")
-    from .distributed import is_sharded_param
-
-    if any(is_sharded_param(p) for p in sampler.parameters()):
-        raise ValueError("train.compile does not compile a sharded generator (FSDP2 / ZeRO-3 gather its weights "
-                         "in hooks). Set train.compile=none or dist.shard=none.")
+        raise ValueError("perf.compile compiles a single-generator sampler; the multi-generator sampler picks "
+                         "candidates by the critic's scores (data-dependent shapes). Set perf.compile=none.")
+    if any(distributed.is_sharded_param(p) for p in sampler.parameters()):
+        raise ValueError("perf.compile does not compile a sharded generator (FSDP2 / ZeRO-3 gather its weights "
+                         "in hooks). Set perf.compile=none or dist.shard=none.")
     return torch.compile(sampler, dynamic=False), torch.compile(critic, dynamic=False) if mode == "first_order" else critic
 
 
 def _resolve_channels_last(setting, device):
-    """``train.channels_last``: true / false, or None for the measured default — on for the
+    """``perf.channels_last``: true / false, or None for the measured default — on for the
     CPU, where it removed oneDNN's layout copies around the transposed convolutions (1.06x
     per update at batch 64 and 256, benchmarks/RESULTS.md), off on CUDA until measured there."""
     if setting is None:
         return device.type == "cpu"
     if not isinstance(setting, bool):
-        raise ValueError(f"train.channels_last must be true, false or null (auto: on for the CPU), got {setting!r}")
+        raise ValueError(f"perf.channels_last must be true, false or null (auto: on for the CPU), got {setting!r}")
     return setting
 
 
 def _to_channels_last(module, memory_format=torch.channels_last):
     """4-d weights to NHWC (or back) in place, leaving sharded ones alone (FSDP2 / ZeRO-3 own
     their storage; their gathered weights are used as they come)."""
-    from .distributed import is_sharded_param
-
     for p in module.parameters():
-        if p.dim() == 4 and not is_sharded_param(p):
+        if p.dim() == 4 and not distributed.is_sharded_param(p):
             p.data = p.data.contiguous(memory_format=memory_format)
 
 
@@ -442,21 +433,9 @@ def _at_least_fp32(x):
     return x.to(torch.promote_types(x.dtype, torch.float32))
 
 
-def _atomic_torch_save(obj, path):
-    tmp = Path(path).with_name(f".{Path(path).name}.tmp-{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-def _atomic_write_text(path, text):
-    tmp = Path(path).with_name(f".{Path(path).name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def _truncate_metrics(path, step):
     """Drop lines logged after the checkpoint we resume from (they will be logged again)."""
     if not path.is_file():
         return
     keep = [l for l in path.read_text().splitlines() if l.strip() and json.loads(l)["step"] <= step]
-    _atomic_write_text(path, "".join(l + "\n" for l in keep))
+    atomic_write_text(path, "".join(l + "\n" for l in keep))

@@ -1,0 +1,381 @@
+"""Every file fastmine reads or writes: model files of each kind, checkpoints, plain weights.
+
+A fastmine model file is one safetensors file: tensors prefixed by part (``generator.``,
+``critic.``, ``miner.``, or ``part{i}.`` for several generators) plus a JSON header
+(``__metadata__["fastmine"]``) that says how to rebuild each part: a project ``arch`` dict,
+or a ``"package.module:function"`` factory.
+
+**Nothing executes from a data file.** A factory named by a file runs only when it is one
+of fastmine's own, one the user registered in code (:func:`register_factory`, or named
+themselves in ``load_generator("package.module:function")`` in this process), or the
+caller passed ``trust_code=True`` (``source.trust_code=true``) for that file. Otherwise the
+load stops before importing anything, with a message saying what would have run. Pickled
+checkpoints are refused unless ``allow_pickle=True``: unpickling runs code from the file.
+"""
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import warnings
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import nn
+
+from .fusion import FusedSampler
+from .latent import LatentSpec
+from .miner import Miner
+from .multi import MultiSampler
+from .nets import build_critic, build_generator
+from .samplers import GeneratorAdapter, Sampler
+
+FORMAT_VERSION = 1
+
+# factories a file may name without trust_code: fastmine's own, and those the user
+# registered in code (register_factory) or named in a call of this process
+_TRUSTED_FACTORIES = {"fastmine.conditional:conditional_dcgan", "fastmine.conditional:biggan"}
+
+
+class UntrustedCodeError(ValueError):
+    pass
+
+
+def register_factory(spec: str) -> str:
+    """Trust ``"package.module:function"`` when a model file names it (for this process)."""
+    if not isinstance(spec, str) or ":" not in spec:
+        raise ValueError(f"expected 'package.module:function', got {spec!r}")
+    _TRUSTED_FACTORIES.add(spec)
+    return spec
+
+
+def import_object(spec: str):
+    """``"package.module:attribute"`` -> the attribute (imports the module: runs its code)."""
+    if ":" not in spec:
+        raise ValueError(f"expected 'package.module:function', got {spec!r}")
+    mod_name, attr = spec.split(":", 1)
+    try:
+        obj = importlib.import_module(mod_name)
+    except ImportError as e:
+        raise ImportError(f"cannot import {mod_name!r} for factory {spec!r}: {e}") from e
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise AttributeError(f"{mod_name!r} has no attribute {attr!r} (factory {spec!r})")
+        obj = getattr(obj, part)
+    return obj
+
+
+def build_module(build: dict, kind: str, source=None, trust_code: bool = False) -> nn.Module:
+    """The ``kind`` module (generator / critic) that ``build`` describes.
+
+    ``source``: the file ``build`` came from (None: the caller's own code named it, which is
+    an explicit choice). A factory named by a file must be trusted (module docstring)."""
+    if "arch" in build:
+        return (build_generator if kind == "generator" else build_critic)(build["arch"])
+    if "factory" in build:
+        spec = build["factory"]
+        if source is not None and not trust_code and spec not in _TRUSTED_FACTORIES:
+            raise UntrustedCodeError(
+                f"{str(source)!r} asks to build its {kind} by calling {spec}(**{build.get('kwargs', {})!r}), "
+                "code fastmine does not know; nothing was run. If you trust this file, load it with "
+                f"trust_code=True (source.trust_code=true), or register the factory in your code with "
+                f"fastmine.register_factory({spec!r})")
+        module = import_object(spec)(**build.get("kwargs", {}))
+        if not isinstance(module, nn.Module):
+            raise TypeError(f"factory {spec!r} returned {type(module).__name__}, not an nn.Module")
+        return module
+    raise ValueError(f"cannot rebuild the {kind}: its metadata has neither 'arch' nor 'factory'")
+
+
+# --------------------------------------------------------------------------- reading
+def read_file(path, allow_pickle=False):
+    """(tensors, fastmine metadata or None) of a safetensors, weights-only .pt, or (opt-in) pickle."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
+    if path.suffix == ".safetensors":
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                meta = f.metadata() or {}
+                tensors = {k: f.get_tensor(k) for k in f.keys()}
+        except Exception as e:
+            raise ValueError(f"checkpoint {str(path)!r} is not a readable safetensors file ({e}); "
+                             "it may be truncated or corrupt: re-export or pick an earlier checkpoint") from e
+        info = json.loads(meta["fastmine"]) if "fastmine" in meta else None
+        return tensors, info
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=not allow_pickle)
+    except Exception as e:
+        hint = "" if allow_pickle else (" If it holds a pickled module and you trust its source, "
+                                        "pass allow_pickle=True (source.allow_pickle=true): unpickling runs arbitrary code.")
+        raise ValueError(f"cannot load {str(path)!r} as weights only: {e}.{hint}") from e
+    if isinstance(obj, nn.Module):
+        if not allow_pickle:  # pragma: no cover - torch refuses modules under weights_only
+            raise ValueError("pickled modules need allow_pickle=True")
+        warnings.warn(f"loaded a pickled module from {path}: this ran code from the file")
+        return obj, None
+    if isinstance(obj, dict) and all(torch.is_tensor(v) for v in obj.values()):
+        return obj, None
+    if isinstance(obj, dict) and "state_dict" in obj:
+        return obj["state_dict"], None
+    raise ValueError(f"{str(path)!r} holds {type(obj).__name__}, not a state dict of tensors")
+
+
+def read_info(path) -> dict | None:
+    """The fastmine metadata of a safetensors file, read from its header only (no tensors)."""
+    path = Path(path)
+    if path.suffix != ".safetensors" or not path.is_file():
+        return None
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+    except Exception:
+        return None  # unreadable: the loader that needs the tensors reports it properly
+    return json.loads(meta["fastmine"]) if "fastmine" in meta else None
+
+
+def has_critic(source) -> bool:
+    info = read_info(source)
+    return bool(info and "critic" in info)
+
+
+def part(tensors, prefix):
+    """The tensors under ``prefix.``, with the prefix removed."""
+    n = len(prefix) + 1
+    return {k[n:]: v for k, v in tensors.items() if k.startswith(prefix + ".")}
+
+
+def load_state(module, state, what, path):
+    try:
+        module.load_state_dict(state)
+    except RuntimeError as e:
+        raise ValueError(f"the {what} weights in {str(path)!r} do not fit the architecture: {e}") from e
+
+
+def load_generator(source, latent_spec=None, arch=None, call=None, allow_pickle=False, trust_code=False, frozen=True,
+                   **factory_kwargs) -> GeneratorAdapter:
+    """A frozen :class:`GeneratorAdapter` from any of:
+
+    - a fastmine file (``pretrain``'s ``model.safetensors``, a mined file): self-describing;
+    - ``"package.module:function"``: a factory returning an ``nn.Module`` (``latent_spec``
+      needed unless the module has a ``latent_spec`` attribute); naming it here runs it;
+    - a safetensors / ``.pt`` state dict plus ``arch``: an ``nn.Module`` instance, a
+      ``"package.module:function"`` factory, or a project arch dict.
+    """
+    if isinstance(source, nn.Module):
+        module, build = source, None
+    elif isinstance(source, str) and ":" in source and not Path(source).exists():
+        build = {"factory": register_factory(source), "kwargs": factory_kwargs}
+        module = build_module(build, "generator")
+    else:
+        tensors, info = read_file(source, allow_pickle=allow_pickle)
+        if isinstance(tensors, nn.Module):
+            module, build = tensors, None
+        elif info is not None and "generator" in info:
+            g = info["generator"]
+            module, build = build_module(g["build"], "generator", source, trust_code), g["build"]
+            load_state(module, part(tensors, "generator"), "generator", source)
+            latent_spec = latent_spec or g["latent_spec"]
+        else:
+            if arch is None:
+                raise ValueError(f"{str(source)!r} is a plain state dict: pass arch= (a module, a "
+                                 "'package.module:function' factory or an arch dict) to build the generator")
+            if isinstance(arch, nn.Module):
+                module, build = arch, None
+            elif isinstance(arch, str):
+                build = {"factory": register_factory(arch), "kwargs": factory_kwargs}
+                module = build_module(build, "generator")
+            else:
+                build = {"arch": dict(arch)}
+                module = build_module(build, "generator")
+            state = part(tensors, "generator") or tensors
+            load_state(module, state, "generator", source)
+    latent_spec = latent_spec or getattr(module, "latent_spec", None)
+    if latent_spec is None and hasattr(module, "latent_dim"):
+        latent_spec = LatentSpec.single(module.latent_dim)
+    if latent_spec is None:
+        raise ValueError("declare the generator's latent spec: load_generator(..., latent_spec={'z': ((128,), 'normal')}) "
+                         "or source.latent_spec={z: {shape: [128], prior: normal}}")
+    return GeneratorAdapter(module, latent_spec, call=call, build=build, frozen=frozen)
+
+
+def load_critic(source, arch=None, allow_pickle=False, trust_code=False):
+    """The critic stored in a fastmine file, or a state dict plus ``arch``."""
+    tensors, info = read_file(source, allow_pickle=allow_pickle)
+    if isinstance(tensors, nn.Module):
+        return tensors
+    if info is not None and "critic" in info:
+        critic = build_module(info["critic"]["build"], "critic", source, trust_code)
+        load_state(critic, part(tensors, "critic"), "critic", source)
+        return critic
+    if arch is None:
+        raise ValueError(f"{str(source)!r} holds no fastmine critic; pass arch= to build one from its state dict")
+    critic = arch if isinstance(arch, nn.Module) else build_module(
+        {"factory": register_factory(arch)} if isinstance(arch, str) else {"arch": arch}, "critic")
+    load_state(critic, part(tensors, "critic") or tensors, "critic", source)
+    return critic
+
+
+def critic_build_of(path) -> dict | None:
+    """How the critic stored in a fastmine file is rebuilt (None: the file has none)."""
+    info = read_info(path)
+    return info["critic"]["build"] if info and "critic" in info else None
+
+
+def _generator_part(g: dict, tensors, prefix, path, generator, trust_code, what="generator") -> GeneratorAdapter:
+    if generator is None:
+        if g["build"] is None:
+            raise ValueError(f"{str(path)!r}: the {what} is a user module stored as weights only: pass generator=<module>")
+        generator = build_module(g["build"], "generator", path, trust_code)
+    load_state(generator, part(tensors, prefix), what, path)
+    return GeneratorAdapter(generator, g["latent_spec"], build=g["build"], frozen=True)
+
+
+def _miner_part(m: dict, tensors, prefix, path, miner, what="miner"):
+    if miner is None:
+        if "config" not in m:
+            raise ValueError(f"{str(path)!r}: the {what} is a custom module stored as weights only: pass miner=<module>")
+        miner = Miner(**m["config"])
+    load_state(miner, part(tensors, prefix), what, path)
+    return miner
+
+
+def load_sampler(path, generator: nn.Module | None = None, miner: nn.Module | None = None, device="cpu",
+                 trust_code=False) -> Sampler:
+    """Load what :func:`save_sampler` wrote. Pass ``generator`` / ``miner`` modules only for
+    parts that were the user's own modules (the file holds their weights, not their code)."""
+    tensors, info = read_file(path)
+    if info is None or info.get("kind") != "sampler":
+        raise ValueError(f"{str(path)!r} is not a fastmine sampler file (no fastmine metadata)")
+    adapter = _generator_part(info["generator"], tensors, "generator", path, generator, trust_code)
+    m = info.get("miner")
+    if m is not None:
+        sampler = Sampler(adapter, _miner_part(m, tensors, "miner", path, miner), seed_dim=m["seed_dim"],
+                          seed_dist=m["seed_dist"])
+    else:
+        sampler = Sampler(adapter)
+    return sampler.to(device).eval()
+
+
+def load_multi_sampler(path, device="cpu", trust_code=False) -> MultiSampler:
+    tensors, info = read_file(path)
+    if info is None or info.get("kind") != "multi_sampler":
+        raise ValueError(f"{str(path)!r} is not a fastmine multi-generator file")
+    samplers = []
+    for i, p in enumerate(info["parts"]):
+        adapter = _generator_part(p["generator"], tensors, f"part{i}.generator", path, None, trust_code,
+                                  f"generator {i}")
+        m = p["miner"]
+        miner = _miner_part(m, tensors, f"part{i}.miner", path, None, f"miner {i}")
+        samplers.append(Sampler(adapter, miner, seed_dim=m["seed_dim"], seed_dist=m["seed_dist"]))
+    window = tensors["selector_window"]
+    ms = MultiSampler(samplers, rule=info.get("rule", "permute"), window=window.shape[0])
+    ms.selector_window.copy_(window)
+    ms.selector_pos.copy_(tensors["selector_pos"])
+    return ms.to(device).eval()
+
+
+def load_fused_sampler(path, device="cpu", trust_code=False) -> FusedSampler:
+    """A fused generator file as a sampler drawing from its mixture of regions."""
+    info = read_info(path)
+    if not info or "fusion" not in info:
+        raise ValueError(f"{str(path)!r} is not a fused generator (no fusion metadata)")
+    base = load_sampler(path, device=device, trust_code=trust_code)
+    f = info["fusion"]
+    return FusedSampler(base.generator, torch.tensor(f["means"]), f["sigma"]).to(device).eval()
+
+
+def load_any(path, device="cpu", trust_code=False):
+    """Whatever a fastmine run wrote: a single, multi-generator or fused sampler."""
+    info = read_info(path)
+    kind = (info or {}).get("kind")
+    if kind == "multi_sampler":
+        return load_multi_sampler(path, device, trust_code)
+    if info and "fusion" in info and "miner" not in info:
+        return load_fused_sampler(path, device, trust_code)
+    return load_sampler(path, device=device, trust_code=trust_code)
+
+
+# --------------------------------------------------------------------------- writing
+def _tmp_name(path: Path) -> Path:
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
+
+
+def atomic_save_safetensors(tensors: dict, path, metadata: dict | None = None):
+    """Write to a temporary name in the same folder, then rename: a kill leaves the old file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _tmp_name(path)
+    tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    save_file(tensors, str(tmp), metadata={k: v if isinstance(v, str) else json.dumps(v) for k, v in (metadata or {}).items()})
+    os.replace(tmp, path)
+
+
+def atomic_torch_save(obj, path):
+    tmp = _tmp_name(Path(path))
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def atomic_write_text(path, text):
+    tmp = _tmp_name(Path(path))
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _sampler_entry(s: Sampler) -> dict:
+    g = s.generator
+    return {"generator": {"build": g.build, "latent_spec": g.latent_spec.to_dict()}}
+
+
+def _miner_entry(s: Sampler) -> dict:
+    entry = {"seed_dim": s.seed_dim, "seed_dist": s.seed_dist}
+    if isinstance(s.miner, Miner):
+        entry["config"] = s.miner.config()
+    return entry
+
+
+def _prefixed(prefix, module):
+    return {f"{prefix}.{k}": v for k, v in module.state_dict().items()}
+
+
+def save_sampler(path, sampler: Sampler, critic: nn.Module | None = None, critic_build: dict | None = None, extra=None):
+    """Any single-generator result as one file: generator, miner (if any) and, optionally, the
+    critic (so that a pretrained source or a mined result can be mined or finetuned further)."""
+    info = {"format": FORMAT_VERSION, "kind": "sampler", **(extra or {}), **_sampler_entry(sampler)}
+    tensors = _prefixed("generator", sampler.generator.module)
+    if sampler.miner is not None:
+        tensors.update(_prefixed("miner", sampler.miner))
+        info["miner"] = _miner_entry(sampler)
+    _add_critic(tensors, info, critic, critic_build)
+    atomic_save_safetensors(tensors, path, {"fastmine": info})
+
+
+def save_multi_sampler(path, sampler: MultiSampler, critic=None, critic_build=None, extra=None):
+    """One safetensors file: part{i}.generator.*, part{i}.miner.*, the selector window, JSON metadata."""
+    parts, tensors = [], {}
+    for i, s in enumerate(sampler.samplers):
+        parts.append({**_sampler_entry(s), "miner": _miner_entry(s)})
+        tensors.update(_prefixed(f"part{i}.generator", s.generator.module))
+        tensors.update(_prefixed(f"part{i}.miner", s.miner))
+    tensors["selector_window"] = sampler.selector_window
+    tensors["selector_pos"] = sampler.selector_pos
+    info = {"format": FORMAT_VERSION, "kind": "multi_sampler", **(extra or {}), "rule": sampler.rule, "parts": parts,
+            "selector_probs": [float(p) for p in sampler.selector_probs.tolist()]}
+    _add_critic(tensors, info, critic, critic_build)
+    atomic_save_safetensors(tensors, path, {"fastmine": info})
+
+
+def save_any(path, sampler, critic=None, critic_build=None, extra=None):
+    """The model file of any sampler a run trains (the fused one is a plain generator plus its regions)."""
+    if isinstance(sampler, MultiSampler):
+        return save_multi_sampler(path, sampler, critic, critic_build, extra)
+    return save_sampler(path, sampler, critic, critic_build, extra)
+
+
+def _add_critic(tensors, info, critic, critic_build):
+    if critic is not None and critic_build is not None:
+        tensors.update(_prefixed("critic", critic))
+        info["critic"] = {"build": critic_build}
