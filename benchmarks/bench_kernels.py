@@ -22,9 +22,7 @@ Configurations:
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import re
 import sys
 import time
@@ -33,15 +31,15 @@ import traceback
 os.environ.pop("TRITON_INTERPRET", None)  # before triton is imported: compiled kernels only
 
 import torch  # noqa: E402
+from torch import nn  # noqa: E402
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from fastmine_benchmarks.common import RESULTS_DIR, device_info, write_result  # noqa: E402
+
 DEVICE = "cuda"  # a module global only so that the benchmark code itself can be smoke-tested on a CPU
 
 
-
-
 def _median_ms(fn, quick):
-    import triton.testing
+    import triton.testing  # optional: triton ships with CUDA builds of torch (main() checks it is there)
 
     return triton.testing.do_bench(fn, warmup=10 if quick else 25, rep=30 if quick else 100, return_mode="median")
 
@@ -105,8 +103,6 @@ def bench_gp(fk, shape, quick, copy_gbps):
 
 # --- a whole DCGAN-64 critic step -------------------------------------------------------------
 def dcgan64_critic():
-    from torch import nn
-
     layers, channels = [], 3
     for width in (64, 128, 256, 512):  # 64 -> 32 -> 16 -> 8 -> 4, no normalisation (GP)
         layers += [nn.Conv2d(channels, width, 4, 2, 1), nn.LeakyReLU(0.2)]
@@ -182,7 +178,7 @@ def bench_select(fk, k, n, quick, copy_gbps, window_len=1000):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default=None, help="JSON path (default benchmarks/results/kernels_<device>.json)")
     parser.add_argument("--only", default="gp,critic,select", help="comma-separated subset of gp,critic,select")
     parser.add_argument("--quick", action="store_true", help="fewer repetitions, smaller copy test")
@@ -192,16 +188,14 @@ def main(argv=None):
         print("bench_kernels: no CUDA device; the Triton kernels are only benchmarked on a GPU. Nothing to do.")
         return 0
     try:
-        import triton
+        import triton  # noqa: F401  (optional: triton ships with CUDA builds of torch)
     except ImportError:
         print("bench_kernels: triton is not installed; nothing to benchmark.")
         return 0
-    import fastmine_kernels as fk
+    import fastmine_kernels as fk  # after the check: the kernels import triton
 
     device_name = torch.cuda.get_device_name()
-    out_path = args.out or os.path.join(
-        ROOT, "benchmarks", "results", f"kernels_{re.sub(r'[^A-Za-z0-9]+', '_', device_name).strip('_')}.json"
-    )
+    out_path = args.out or RESULTS_DIR / f"kernels_{re.sub(r'[^A-Za-z0-9]+', '_', device_name).strip('_')}.json"
     only = set(args.only.split(","))
     copy_gbps = copy_bandwidth_gbps(args.quick)
     print(f"device: {device_name}; copy bandwidth (read+write): {copy_gbps:.0f} GB/s")
@@ -236,22 +230,14 @@ def main(argv=None):
         results.append(row)
         gbps = f"{row['triton_GBps']:8.0f}" if "triton_GBps" in row else f"{'-':>8}"
         pct = f"{row['triton_pct_of_copy']:6.0f}%" if "triton_pct_of_copy" in row else f"{'-':>7}"
-        print(f"{kind:16} {label:18} {row['eager_ms']:10.3f} {row['triton_ms']:10.3f} {row['speedup']:8.2f}x {gbps} {pct}")
+        print(f"{kind:16} {label:18} {row['eager_ms']:10.3f} {row['triton_ms']:10.3f} {row['speedup']:8.2f}x "
+              f"{gbps} {pct}")
         torch.cuda.empty_cache()
 
-    report = {
-        "device": device_name,
-        "torch": torch.__version__,
-        "triton": triton.__version__,
-        "python": platform.python_version(),
-        "copy_bandwidth_GBps": copy_gbps,
-        "timing": "triton.testing.do_bench median, ms",
-        "results": results,
-        "failures": failures,
-    }
-    os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
-    with open(out_path, "w") as fh:
-        json.dump(report, fh, indent=2)
+    settings = {"only": sorted(only), "quick": args.quick, "timing": "triton.testing.do_bench median, ms"}
+    device = device_info(DEVICE) | {"copy_bandwidth_GBps": copy_gbps}
+    # a failed configuration is a row with its error, beside the measured ones
+    write_result(out_path, device=device, config=settings, results=results + failures)
     print(f"wrote {out_path}" + (f"; {len(failures)} configuration(s) failed" if failures else ""))
     return 0
 

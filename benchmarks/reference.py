@@ -1,7 +1,8 @@
 """The yardstick: fastmine's training steps written as eager PyTorch GAN code usually is.
 
-Used only by ``bench_step.py`` (``fastmine bench``): it is what fastmine is timed against,
-and the bench checks that it computes the same losses as fastmine from the same state.
+Used only by ``fastmine bench`` (``step_configs.build_reference``): it is what fastmine is
+timed against, and the bench checks that it computes the same losses as fastmine from the
+same state (``step_replay``).
 Written the plain way on purpose — each point is a habit of WGAN-GP / MineGAN-style
 codebases, not a strawman:
 
@@ -88,7 +89,8 @@ class ReferenceMining:
         self.params = [p for s in self.samplers for p in params_of(s)]
         self.critic_params = [p for p in self.critic.parameters() if p.requires_grad]
         self.draws = draws
-        self.B, self.n_critic, self.gp_weight, self.gp_center, self.rule = batch_size, n_critic, gp_weight, gp_center, rule
+        self.B, self.n_critic, self.rule = batch_size, n_critic, rule
+        self.gp_weight, self.gp_center = gp_weight, gp_center
         self.opt_critic = torch.optim.Adam(self.critic_params, lr=critic_lr, betas=tuple(betas))
         self.opt_sampler = torch.optim.Adam(self.params, lr=lr, betas=tuple(betas))
         self.wins = []  # per-minibatch win counts (host lists): the selector π's window

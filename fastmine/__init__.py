@@ -8,8 +8,15 @@ from .api import finetune, fuse, make_config, mine, mine_multi, prepare, pretrai
 from .config import ConfigError, RunConfig, load_config
 from .data import load_digits, load_image_folder, load_tensor_file
 from .evaluation import Scorer, evaluate_run, evaluate_sampler
-from .files import (UntrustedCodeError, load_any, load_critic, load_generator, load_sampler, register_factory,
-                    save_sampler)
+from .files import (
+                    UntrustedCodeError,
+                    load_any,
+                    load_critic,
+                    load_generator,
+                    load_sampler,
+                    register_factory,
+                    save_sampler,
+)
 from .latent import Latent, LatentSpec
 from .miner import Miner
 from .multi import MultiSampler

@@ -17,18 +17,21 @@ from pathlib import Path
 import torch
 
 from . import distributed
-from .api import run
 from .apps.demo import DEMO_METHODS, run_demo
 from .apps.demo_multi import DIGITS, run_demo_multi
 from .apps.presets import COMMAND_DEFAULTS
 from .apps.report import write_run_report
-from .config import ConfigError, RunConfig, load_config
+from .config import ConfigError, RunConfig, load_config, merge, parse_overrides, read_yaml, to_dict
 from .evaluation import evaluate_run
-from .files import load_any
+from .files import RunFolderBusy, load_any
 from .images import save_grid
 from .methods import METHODS, methods_of
+from .runs import prepare
+from .trainer import RunInterrupted
 
-ERRORS = (ConfigError, ValueError, FileNotFoundError, FileExistsError, FloatingPointError, ImportError)
+# bad input (exit 2) and a run that failed or was stopped (exit 1): one line each, no traceback
+BAD_INPUT = (ConfigError, ValueError, FileNotFoundError, FileExistsError, ImportError, RunFolderBusy)
+FAILED_RUN = (FloatingPointError, RunInterrupted)
 
 
 def _settings_help() -> str:
@@ -47,17 +50,38 @@ def _train_command(cmd, args):
     overrides = list(args.overrides)
     if overrides and overrides[0].endswith((".yaml", ".yml")) and "=" not in overrides[0]:
         config_path = overrides.pop(0)
-    cfg = load_config(config_path, overrides, defaults=COMMAND_DEFAULTS[cmd])
+    defaults = COMMAND_DEFAULTS[cmd]
+    user = merge(read_yaml(config_path) if config_path else {}, parse_overrides(overrides))
+    dataset = (user.get("data") or {}).get("dataset")
+    if dataset and dataset != defaults.get("data", {}).get("dataset"):
+        # the preset's data (digits, a label filter, limit 100) belongs to the built-in digits:
+        # a folder or tensor file is loaded whole unless the user limits it
+        defaults = {k: v for k, v in defaults.items() if k != "data"}
+    cfg = load_config(config_path, overrides, defaults=defaults)
+    stored = cfg.run_dir / "config.yaml"
+    if args.resume and stored.is_file():
+        # the run's own settings are the base; what the command line says on top of them is
+        # checked against them (only steps, device and logging may change: config.RESUMABLE)
+        cfg = load_config(config_path, overrides, defaults=to_dict(load_config(stored)))
     allowed = methods_of(cmd)
     if cfg.method not in allowed:
         raise ConfigError(f"`fastmine {cmd}` runs method {' or '.join(allowed)}, not {cfg.method!r}")
-    result = run(cfg, resume=args.resume)
+    result = prepare(cfg, resume=args.resume, restart=args.restart).fit()
     if result.run_dir is not None and distributed.rank() == 0:  # once, not once per process
         print(f"wrote {result.model_path} (run folder {result.run_dir})")
     return result
 
 
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def _sample(args):
+    if Path(args.model).is_dir():  # a run folder: its model file
+        args.model = str(Path(args.model) / "model.safetensors")
     sampler = load_any(args.model, device=args.device, trust_code=args.trust_code)
     x = sampler.sample(args.n, seed=args.seed, device=args.device)
     out = Path(args.out)
@@ -104,10 +128,13 @@ def build_parser(plugins=()) -> argparse.ArgumentParser:
         p = sub.add_parser(cmd, help=f"train ({', '.join(methods)})", epilog=epilog,
                            formatter_class=argparse.RawDescriptionHelpFormatter)
         p.add_argument("overrides", nargs="*", help="[CONFIG.yaml] key=value ...")
-        p.add_argument("--resume", action="store_true", help="continue runs/NAME from its last checkpoint")
+        p.add_argument("--resume", action="store_true",
+                       help="continue runs/NAME as it was configured, from its newest intact checkpoint "
+                            "(key=value may change train.steps, device and log.*)")
+        p.add_argument("--restart", action="store_true", help="replace what runs/NAME holds with a fresh run")
     p = sub.add_parser("sample", help="draw samples from a trained model file")
-    p.add_argument("model")
-    p.add_argument("--n", type=int, default=64)
+    p.add_argument("model", help="a model file, or a run folder (its model.safetensors)")
+    p.add_argument("--n", type=_positive, default=64)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="samples.png", help=".png grid or .pt tensor")
     p.add_argument("--device", default="cpu")
@@ -116,11 +143,12 @@ def build_parser(plugins=()) -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="tiny settings (about a minute)")
     p.add_argument("--out", default="runs/demo")
     p.add_argument("--seed", type=int, default=0, help="first seed")
-    p.add_argument("--seeds", type=int, default=1, help="number of seeds (3 gives mean ± std)")
+    p.add_argument("--seeds", type=_positive, default=1, help="number of seeds (3 gives mean ± std)")
     p.add_argument("--methods", nargs="+", default=None, help="subset of methods to run")
     p.add_argument("--steps", type=int, default=None, help="generator updates per method")
-    p.add_argument("--threads", type=int, default=1, help="torch CPU threads per run (1 is fastest on a shared 2-core box)")
-    p.add_argument("--jobs", type=int, default=1, help="runs trained in parallel processes (e.g. the core count)")
+    p.add_argument("--threads", type=int, default=1, 
+                   help="torch CPU threads per run (1 is fastest on a shared 2-core box)")
+    p.add_argument("--jobs", type=_positive, default=1, help="runs trained in parallel processes (e.g. the core count)")
     p.add_argument("--multi", action="store_true",
                    help="the two-generator task instead (sources on 0-4 / 5-9, a 2/6 target): OUT/report_multi.md")
     p.add_argument("--digits", type=int, nargs=2, default=None, metavar=("A", "B"),
@@ -130,8 +158,9 @@ def build_parser(plugins=()) -> argparse.ArgumentParser:
     p.add_argument("run_dir")
     p.add_argument("--extractor", default="digits", choices=["digits", "inception"])
     p.add_argument("--inception-weights", default=None, help="local Inception-v3 weights file (never downloaded)")
-    p.add_argument("--target-class", default="auto", help="class for the target share (default: the single digits label)")
-    p.add_argument("--repeats", type=int, default=5, help="sample draws averaged")
+    p.add_argument("--target-class", default="auto",
+                   help="class for the target share (default: the single digits label)")
+    p.add_argument("--repeats", type=_positive, default=5, help="sample draws averaged")
     for name in plugins:
         sub.add_parser(name, add_help=False, help=f"{name} (fastmine {name} --help)")
     return parser
@@ -143,10 +172,17 @@ def main(argv=None):
     if argv[:1] and argv[0] in plugins:  # a plugin parses its own arguments
         try:
             return plugins[argv[0]].load()(argv[1:])
-        except ERRORS as e:
-            print(f"fastmine {argv[0]}: error: {e}", file=sys.stderr)
+        except BAD_INPUT as e:
+            print(f"fastmine {argv[0]}: error: {_one_line(e)}", file=sys.stderr)
             return 2
-    args = build_parser(plugins).parse_args(argv)
+    debug = "--debug" in argv  # show the traceback instead of the one-line message
+    argv = [a for a in argv if a != "--debug"]
+    parser = build_parser(plugins)
+    args, extra = parser.parse_known_args(argv)
+    if extra and hasattr(args, "overrides") and not any(e.startswith("-") for e in extra):
+        args.overrides += extra  # key=value after a flag (`--resume train.steps=600`)
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         if args.command == "sample":
             _sample(args)
@@ -156,10 +192,18 @@ def main(argv=None):
             _eval(args)
         else:
             _train_command(args.command, args)
-    except ERRORS as e:
-        print(f"fastmine {args.command}: error: {e}", file=sys.stderr)
-        return 2
+    except (*BAD_INPUT, *FAILED_RUN, OSError) as e:
+        if debug:
+            raise
+        print(f"fastmine {args.command}: error: {_one_line(e)}", file=sys.stderr)
+        return 1 if isinstance(e, FAILED_RUN) else 2
     return 0
+
+
+def _one_line(e: BaseException) -> str:
+    if isinstance(e, OSError) and e.filename and e.strerror:  # a read-only folder, a full disk
+        return f"{e.strerror}: {e.filename!r}"
+    return " ".join(str(e).split()) or type(e).__name__
 
 
 if __name__ == "__main__":

@@ -30,12 +30,13 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.utils.spectral_norm import SpectralNorm
 
+from .files import read_file
 from .fusion import attach_labels
 from .latent import LatentSpec
-from .files import read_file
-from .samplers import GeneratorAdapter
 from .nets import DCGANGenerator
+from .samplers import GeneratorAdapter
 
 FACTORY_DCGAN = "fastmine.conditional:conditional_dcgan"
 FACTORY_BIGGAN = "fastmine.conditional:biggan"
@@ -79,6 +80,10 @@ class LabelledSampler(nn.Module):
         return {"z": torch.randn((n, *z.shape), generator=generator, device=device),
                 "label": torch.randint(self.num_classes, (n,), generator=generator, device=device)}
 
+    def visible(self, x: torch.Tensor) -> torch.Tensor:
+        """The images without the label planes the critic sees (for pictures)."""
+        return x[:, : x.shape[1] - self.num_classes]
+
     def forward(self, seeds):
         emb = self.generator.module.embed(seeds["label"])
         x = self.generator({"z": seeds["z"], "class_embedding": emb})
@@ -91,7 +96,7 @@ class BigGANAdapterModule(nn.Module):
 
     def __init__(self, config=None, truncation: float = 0.4):
         super().__init__()
-        try:
+        try:  # an optional extra: imported where it is needed
             from pytorch_pretrained_biggan import BigGAN, BigGANConfig
         except ImportError as e:  # pragma: no cover - depends on the optional extra
             raise ImportError("the BigGAN adapter needs `pip install 'fastmine[biggan]'` "
@@ -135,8 +140,6 @@ def _settle_spectral_norm(model: nn.Module, iterations: int = 30):
     torch draws them at random without iterating; in eval mode σ = uᵀWv is then far below
     the true norm and W/σ blows activations up by orders of magnitude per layer. Loaded
     weights bring their own converged (u, v)."""
-    from torch.nn.utils.spectral_norm import SpectralNorm
-
     with torch.no_grad():
         for module in model.modules():
             for hook in module._forward_pre_hooks.values():
@@ -168,7 +171,8 @@ def load_biggan(weights, config=None, truncation: float = 0.4, frozen=True) -> G
     missing, unexpected = module.model.load_state_dict(state, strict=False)
     params = {n for n, _ in module.model.named_parameters()}
     if any(m in params for m in missing):
-        raise ValueError(f"{str(weights)!r} lacks BigGAN parameters {sorted(m for m in missing if m in params)[:5]}...; "
+        lacking = sorted(m for m in missing if m in params)[:5]
+        raise ValueError(f"{str(weights)!r} lacks BigGAN parameters {lacking}...; "
                          "is the config right for these weights?")
     if unexpected:
         warnings.warn(f"ignored {len(unexpected)} unexpected tensors in {weights}: {unexpected[:3]}")

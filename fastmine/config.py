@@ -36,7 +36,10 @@ class DataConfig:
     labels: Optional[list] = None    # digits: keep these classes
     limit: Optional[int] = None      # keep this many (random, chosen with `seed`)
     size: int = 16                   # image side in pixels (digits, folders)
-    seed: int = 0
+    seed: int = 0                    # chooses the `limit` subset
+    channels: Optional[str] = None   # folders: gray | rgb (default: gray when every image is gray)
+    fit: str = "crop"                # folders, non-square images: crop (centre) | pad (black) | stretch
+    alpha: str = "white"             # folders, transparency: composited over white | black, or refuse
 
 
 @dataclass
@@ -110,7 +113,7 @@ class PerfConfig:
 class LogConfig:
     log_every: int = 10              # metrics.jsonl row every k generator updates
     sample_every: int = 250          # sample grid every k updates
-    checkpoint_every: int = 250
+    checkpoint_every: int = 50       # early and often: a run that dies is resumable from its last 50 updates
     keep_checkpoints: int = 2
     grid_size: int = 64              # samples per grid
     progress: bool = True
@@ -148,7 +151,8 @@ class FusionConfig:
 @dataclass
 class DistConfig:
     """Placement across processes (launch/README.md); one process ignores it but `shard`."""
-    shard: str = "none"              # frozen generator: none (replicated) | fsdp2 | zero3 | auto (from the accelerate YAML)
+    # the frozen generator: none (replicated) | fsdp2 | zero3 | auto (from the accelerate YAML)
+    shard: str = "none"
     backend: str = "auto"            # auto (gloo on CPU, nccl on GPU) | gloo | nccl
     timeout_s: float = 600.0         # a collective waiting longer raises (a peer died) instead of hanging
     deepspeed_config: Optional[str] = None  # shard=zero3: a DeepSpeed JSON (launch/deepspeed/zero3.json)
@@ -197,8 +201,52 @@ MOVED = {
 }
 
 
+# what `--resume` may change: how long the run goes on, where (device, processes, sharding: the
+# per-process batch with them, as long as the global batch stays, which the trainer checks) and
+# how it reports
+RESUMABLE = ("train.steps", "device", "log.*", "source.trust_code", "source.allow_pickle", "train.batch_size",
+             "dist.shard", "dist.deepspeed_config", "dist.backend", "dist.timeout_s")
+
+
 class ConfigError(ValueError):
     pass
+
+
+def resumable(key: str) -> bool:
+    return any(key == r or (r.endswith(".*") and key.startswith(r[:-1])) for r in RESUMABLE)
+
+
+def leaves(d: dict, prefix: str = ""):
+    """(dotted key, value) of every non-mapping value of a nested dict."""
+    for k, v in d.items():
+        key = _join(prefix, k)
+        if isinstance(v, dict) and k in SECTIONS:
+            yield from leaves(v, key)
+        else:
+            yield key, v
+
+
+def reconcile_resume(stored: "RunConfig", cfg: "RunConfig") -> tuple:
+    """(the config a resumed run continues with, {key: [old, new]} of what changed).
+
+    The run's own settings are the base: a key ``cfg`` leaves unset (None) keeps the stored
+    value; a key set to another value is refused unless :data:`RESUMABLE` lists it."""
+    old, new = to_dict(stored), to_dict(cfg)
+    merged, changed, refused = {}, {}, []
+    for (key, old_v), (_, new_v) in zip(leaves(old), leaves(new)):
+        value = old_v if new_v is None else new_v
+        if value != old_v:
+            if resumable(key):
+                changed[key] = [old_v, value]
+            else:
+                refused.append(f"{key} was {old_v!r}, now {value!r}")
+        section, _, name = key.rpartition(".")
+        (merged.setdefault(section, {}) if section else merged)[name] = value
+    if refused:
+        raise ConfigError("--resume continues a run as it was configured; only " + ", ".join(RESUMABLE) +
+                          " may change, but " + "; ".join(refused) + ". Start a new run (another name=...) "
+                          "to change the rest")
+    return from_dict(RunConfig, merged), changed
 
 
 def from_dict(cls, data: dict | None, where: str = ""):
@@ -351,15 +399,21 @@ def fill_defaults(cfg: RunConfig, method) -> RunConfig:
         for key, value in values.items():
             if getattr(sec, key) is None:
                 setattr(sec, key, list(value) if isinstance(value, list) else value)
-    if cfg.train.mine_steps is None:
-        cfg.train.mine_steps = {"after_mining": cfg.train.steps // 2, "never": cfg.train.steps}.get(
-            method.generator_trains, 0)
+    # when the generator unfreezes: only MineGAN's two stages have a choice (default half way)
+    if method.generator_trains == "never":
+        cfg.train.mine_steps = cfg.train.steps
+    elif method.generator_trains == "always":
+        cfg.train.mine_steps = 0
+    elif cfg.train.mine_steps is None:
+        cfg.train.mine_steps = cfg.train.steps // 2
     return cfg
 
 
 def validate(cfg: RunConfig) -> RunConfig:
     """Every range and every rule between fields, each failure one line naming the key."""
     t, loss = cfg.train, cfg.loss
+    if not cfg.name or cfg.name in (".", "..") or any(c in cfg.name for c in "/\\"):
+        raise ConfigError(f"name must be a plain folder name inside out_dir (no '/', '..'), got {cfg.name!r}")
     _positive(cfg, "train.steps", "train.batch_size", "train.n_critic", "train.lr", "train.critic_lr",
               "loss.gp_every", "log.log_every", "log.sample_every", "log.checkpoint_every", "log.keep_checkpoints",
               "log.grid_size", "multi.window", "s3.samples", "s3.theta_f", "fusion.sigma", "fusion.pool",
@@ -386,6 +440,9 @@ def validate(cfg: RunConfig) -> RunConfig:
     _choice(cfg, "dist.shard", ("none", "fsdp2", "zero3", "auto"))
     _choice(cfg, "dist.backend", ("auto", "gloo", "nccl"))
     _choice(cfg, "data.dataset", ("digits", "folder", "tensor"))
+    _choice(cfg, "data.channels", ("gray", "rgb", None))
+    _choice(cfg, "data.fit", ("crop", "pad", "stretch"))
+    _choice(cfg, "data.alpha", ("white", "black", "refuse"))
     _choice(cfg, "miner.seed_dist", ("normal", "uniform", None))
     _choice(cfg, "miner.init", ("normal", "residual", None))
     return cfg

@@ -11,6 +11,9 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image, UnidentifiedImageError
+from sklearn.datasets import load_digits as sklearn_digits
+from sklearn.model_selection import train_test_split
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
 
@@ -22,21 +25,17 @@ def load_digits(labels=None, limit=None, size=8, seed=0, split=None, return_labe
     images chosen at random with ``seed`` (``labels=[9], limit=100`` is the MineGAN target).
     ``split`` = "train" / "test" uses a fixed stratified 75/25 split (random_state=0).
     """
-    from sklearn.datasets import load_digits as _load
-
-    bunch = _load()
+    bunch = sklearn_digits()
     images = torch.from_numpy(bunch.images.astype(np.float32)) / 16.0 * 2.0 - 1.0
     targets = torch.from_numpy(bunch.target.astype(np.int64))
     index = np.arange(len(targets))
     if split is not None:
-        from sklearn.model_selection import train_test_split
-
         if split not in ("train", "test"):
             raise ValueError(f"split must be 'train', 'test' or None, got {split!r}")
         train, test = train_test_split(index, test_size=0.25, random_state=0, stratify=bunch.target)
         index = np.sort(train if split == "train" else test)
     if labels is not None:
-        keep = set(int(l) for l in labels)
+        keep = set(int(label) for label in labels)
         if not keep <= set(range(10)):
             raise ValueError(f"digit labels must be in 0..9, got {sorted(keep)}")
         index = index[np.isin(bunch.target[index], sorted(keep))]
@@ -55,13 +54,71 @@ def resize(x: torch.Tensor, size: int | None) -> torch.Tensor:
     return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
 
 
-def load_image_folder(path, size=64, channels=None, limit=None):
-    """All PNG/JPEG images under ``path`` (recursively), resized to size x size, in [-1, 1]."""
-    from PIL import Image, UnidentifiedImageError
+CHANNELS = {"gray": "L", "rgb": "RGB"}
+FITS = ("crop", "pad", "stretch")
+ALPHAS = ("white", "black", "refuse")
 
+
+def _subset(n: int, limit: int | None, seed: int) -> np.ndarray:
+    """Indices of ``limit`` of ``n`` items chosen at random with ``seed`` (all of them without a limit)."""
+    if limit is None or limit >= n:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(seed).choice(n, size=limit, replace=False))
+
+
+def _to_float(im: Image.Image) -> tuple:
+    """(array in [0, 255], whether the image had colour, whether it had an alpha channel)."""
+    if im.mode.startswith("I;16") or im.mode == "I":  # 16-bit PNGs: scale, do not clip at 255
+        arr = np.asarray(im, dtype=np.float32) / 257.0
+        return arr, False, False
+    has_alpha = im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info)
+    if has_alpha:
+        im = im.convert("RGBA")
+    color = im.mode not in ("L", "1", "LA") and not (im.mode == "RGBA" and _is_gray(im))
+    return np.asarray(im.convert("RGBA" if has_alpha else "RGB"), dtype=np.float32), color, has_alpha
+
+
+def _is_gray(im) -> bool:
+    r, g, b = (np.asarray(c) for c in im.split()[:3])
+    return bool((r == g).all() and (g == b).all())
+
+
+def _fit(arr: np.ndarray, size: int, fit: str) -> np.ndarray:
+    """Square ``arr`` (H, W[, C]) by centre crop or padding with -1 (black), then resize."""
+    h, w = arr.shape[:2]
+    if h != w and fit == "crop":
+        s = min(h, w)
+        top, left = (h - s) // 2, (w - s) // 2
+        arr = arr[top:top + s, left:left + s]
+    elif h != w and fit == "pad":
+        s = max(h, w)
+        out = np.zeros((s, s, *arr.shape[2:]), dtype=arr.dtype)
+        top, left = (s - h) // 2, (s - w) // 2
+        out[top:top + h, left:left + w] = arr
+        arr = out
+    t = torch.from_numpy(np.ascontiguousarray(arr)).float()
+    t = t.unsqueeze(0) if t.ndim == 2 else t.permute(2, 0, 1)
+    return F.interpolate(t[None], size=(size, size), mode="bicubic", align_corners=False,
+                         antialias=True)[0].clamp(0, 255)
+
+
+def load_image_folder(path, size=64, channels=None, limit=None, seed=0, fit="crop", alpha="white", report=None):
+    """PNG/JPEG images under ``path`` (recursively) as [N, C, size, size] in [-1, 1].
+
+    channels: "gray", "rgb", or None (gray when every image is gray, else RGB).
+    limit: that many images chosen at random with ``seed`` (all without a limit).
+    fit: a non-square image is centre-cropped ("crop"), padded with black ("pad") or
+        stretched ("stretch") to a square before resizing.
+    alpha: transparent pixels composited over "white" or "black", or "refuse" such images.
+    16-bit images are scaled to the 8-bit range, not clipped. ``report`` (a dict) receives
+    what was done, for the summary line of a run.
+    """
     root = Path(path)
     if not root.is_dir():
         raise FileNotFoundError(f"image folder {str(root)!r} does not exist or is not a folder")
+    if channels not in (None, *CHANNELS) or fit not in FITS or alpha not in ALPHAS:
+        raise ValueError(f"channels must be one of {list(CHANNELS)} or None, fit one of {list(FITS)}, alpha one of "
+                         f"{list(ALPHAS)}; got {channels!r}, {fit!r}, {alpha!r}")
     files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
         others = sorted(p.name for p in root.rglob("*") if p.is_file())[:5]
@@ -69,22 +126,39 @@ def load_image_folder(path, size=64, channels=None, limit=None):
             f"no PNG/JPEG images in {str(root)!r} (found {len(others)} other files, e.g. {others}); "
             "point data.path at a folder of .png/.jpg/.jpeg images"
         )
-    if limit is not None:
-        files = files[:limit]
-    mode = {1: "L", 3: "RGB", None: None}[channels]
-    arrays = []
-    for f in files:
+    chosen = [files[i] for i in _subset(len(files), limit, seed)]
+    images, any_color, n_alpha, n_nonsquare, n_16bit = [], False, 0, 0, 0
+    for f in chosen:
         try:
             with Image.open(f) as im:
-                im = im.convert(mode or ("L" if im.mode in ("L", "1", "I;16") else "RGB"))
-                if mode is None:
-                    mode = im.mode
-                im = im.resize((size, size), Image.BICUBIC)
-                arrays.append(np.asarray(im, dtype=np.float32))
-        except (UnidentifiedImageError, OSError) as e:
+                im.load()
+                n_16bit += im.mode.startswith("I;16") or im.mode == "I"
+                arr, color, has_alpha = _to_float(im)
+        except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as e:
             raise ValueError(f"cannot read image {str(f)!r}: {e}; remove or replace the file") from e
-    x = torch.from_numpy(np.stack(arrays)) / 127.5 - 1.0
-    return x.unsqueeze(1) if x.ndim == 3 else x.permute(0, 3, 1, 2).contiguous()
+        if has_alpha:
+            if alpha == "refuse":
+                raise ValueError(f"image {str(f)!r} has transparency; set data.alpha=white or black to composite it")
+            background = 255.0 if alpha == "white" else 0.0
+            a = arr[..., 3:4] / 255.0
+            arr = arr[..., :3] * a + background * (1 - a)
+            n_alpha += 1
+        any_color |= color
+        n_nonsquare += arr.shape[0] != arr.shape[1]
+        images.append(_fit(arr, size, "stretch" if fit == "stretch" else fit))
+    mode = channels or ("rgb" if any_color else "gray")
+    out = []
+    for t in images:
+        if t.shape[0] == 3 and mode == "gray":  # ITU-R 601 luma, what PIL's "L" conversion uses
+            t = (0.299 * t[0] + 0.587 * t[1] + 0.114 * t[2])[None]
+        elif t.shape[0] == 1 and mode == "rgb":
+            t = t.expand(3, -1, -1)
+        out.append(t)
+    x = torch.stack(out) / 127.5 - 1.0
+    if report is not None:
+        report.update(found=len(files), loaded=len(chosen), channels=mode, alpha_composited=n_alpha,
+                      nonsquare=n_nonsquare, fit=fit, sixteen_bit=n_16bit)
+    return x.contiguous()
 
 
 def load_tensor_file(path, key=None):
@@ -117,21 +191,42 @@ def load_tensor_file(path, key=None):
     return x.float()
 
 
-def load_data(cfg) -> torch.Tensor:
-    """The tensor described by a :class:`fastmine.config.DataConfig`."""
+def load_data(cfg, report=None) -> torch.Tensor:
+    """The tensor described by a :class:`fastmine.config.DataConfig`; ``report`` (a dict)
+    receives what was loaded and how (:func:`describe`)."""
+    report = {} if report is None else report
     if cfg.dataset == "digits":
         x = load_digits(labels=cfg.labels, limit=cfg.limit, size=cfg.size, seed=cfg.seed)
     elif cfg.dataset == "folder":
-        x = load_image_folder(_need_path(cfg), size=cfg.size, limit=cfg.limit)
+        x = load_image_folder(_need_path(cfg), size=cfg.size, channels=cfg.channels, limit=cfg.limit, seed=cfg.seed,
+                              fit=cfg.fit, alpha=cfg.alpha, report=report)
     elif cfg.dataset == "tensor":
         x = load_tensor_file(_need_path(cfg), key=cfg.key)
-        if cfg.limit is not None:
-            x = x[: cfg.limit]
+        report.update(found=len(x))
+        x = x[torch.from_numpy(_subset(len(x), cfg.limit, cfg.seed))]
     else:
         raise ValueError(f"unknown dataset {cfg.dataset!r}; use 'digits', 'folder' or 'tensor'")
     if len(x) == 0:
         raise ValueError(f"dataset {cfg.dataset!r} is empty after filtering (labels={cfg.labels}, limit={cfg.limit})")
     return x
+
+
+def describe(cfg, x: torch.Tensor, report: dict) -> str:
+    """One line saying what :func:`load_data` loaded."""
+    where = {"digits": f"scikit-learn digits {cfg.labels if cfg.labels is not None else 'all'}",
+             "folder": f"images in {cfg.path}", "tensor": f"{cfg.path}"}[cfg.dataset]
+    parts = [f"data: {len(x)} samples of shape {tuple(x.shape[1:])} from {where}"]
+    if cfg.limit is not None and report.get("found", len(x)) > len(x):
+        parts.append(f"{len(x)} of {report['found']} chosen at random (data.limit, data.seed={cfg.seed})")
+    if report.get("channels"):
+        parts.append(f"as {report['channels']} (data.channels)")
+    if report.get("nonsquare"):
+        parts.append(f"{report['nonsquare']} non-square: {report['fit']} (data.fit)")
+    if report.get("alpha_composited"):
+        parts.append(f"{report['alpha_composited']} with transparency composited over {cfg.alpha} (data.alpha)")
+    if report.get("sixteen_bit"):
+        parts.append(f"{report['sixteen_bit']} 16-bit scaled to 8-bit range")
+    return "; ".join(parts)
 
 
 def _need_path(cfg):

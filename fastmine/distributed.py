@@ -1,6 +1,6 @@
 """Placement across processes: process groups, sharded frozen generators, collectives.
 
-Distribution is placement only (DESIGN.md §5): the trainer and the methods are the same
+Distribution is placement only: the trainer and the methods are the same
 with one process or many. This module decides
 
 - whether a run is distributed (launched by torchrun / ``accelerate launch``: ``WORLD_SIZE`` >
@@ -9,7 +9,7 @@ with one process or many. This module decides
 - where a frozen generator's weights live: replicated (``dist.shard: none``), sharded per
   block with FSDP2 (``fully_shard`` on a device mesh over all ranks) or partitioned with
   DeepSpeed ZeRO-3. Miners and critic stay replicated: the critic needs double backward
-  (the gradient penalty), which neither back end's hooks cover (DESIGN.md §7);
+  (the gradient penalty), which neither back end's hooks cover (pytorch#172543 for FSDP2);
 - what a checkpoint holds under sharding (the frozen generator is left out: it loads from
   its own file, as DeepSpeed does for frozen weights, deepspeed#3090), and how the mined
   result is gathered into one ordinary file.
@@ -116,7 +116,8 @@ def install_failure_messages():
 
     def hook(kind, value, tb):
         if world_size() > 1 and not issubclass(kind, KeyboardInterrupt):
-            print(f"fastmine: rank {_current_rank_for_messages} of {world_size()} stopped with {kind.__name__}: {value}. "
+            who = f"rank {_current_rank_for_messages} of {world_size()}"
+            print(f"fastmine: {who} stopped with {kind.__name__}: {value}. "
                   "A peer that died or hung (dist.timeout_s) shows up here as a failed collective; "
                   "torchrun names the first rank that failed. Resume with --resume.", file=sys.stderr, flush=True)
         previous(kind, value, tb)
@@ -180,11 +181,11 @@ def stream_layout(streams: int | None, world: int, rank_: int, batch_size: int):
     """(stream indices of this rank, per-stream batch) for a global batch split into ``streams``."""
     streams = int(streams or world)
     if streams % world:
-        raise ValueError(f"train.streams={streams} must be a multiple of the number of processes ({world})")
+        raise ValueError(f"dist.streams={streams} must be a multiple of the number of processes ({world})")
     per_rank = streams // world
     if batch_size % per_rank:
         raise ValueError(f"train.batch_size={batch_size} must be a multiple of the random streams per process "
-                         f"({per_rank} = train.streams {streams} / {world} processes)")
+                         f"({per_rank} = dist.streams {streams} / {world} processes)")
     return list(range(rank_ * per_rank, (rank_ + 1) * per_rank)), batch_size // per_rank
 
 
@@ -341,7 +342,7 @@ def full_state_dict(module: nn.Module) -> dict:
             out[k] = (v.full_tensor() if hasattr(v, "full_tensor") else v).detach().cpu().clone()
         return out
     if kind == "zero3":
-        import deepspeed
+        import deepspeed  # an optional extra, only reached under dist.shard=zero3
 
         with deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None):
             return {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
@@ -361,7 +362,10 @@ class _FrozenState(nn.Module):
 
 def exportable_sampler(sampler):
     """A sampler whose generator weights are gathered whole, for :func:`fastmine.save_sampler`
-    (a collective when the generator is sharded: call on every rank, save on rank 0)."""
+    (a collective when the generator is sharded: call on every rank, save on rank 0). Samplers
+    of several generators are never sharded (mining them shards nothing) and pass as they are."""
+    if not isinstance(sampler, Sampler):
+        return sampler
     adapter = sampler.generator
     if sharded_kind(adapter.module) == "none":
         return sampler

@@ -98,7 +98,8 @@ def evaluate_sampler(sampler, real, extractor="digits", target_class=None, incep
     n = len(scorer.real)
     draws = [scorer.score(sampler.sample(n, seed=seed + 1000 * r)) for r in range(repeats)]
     out = {k: sum(d[k] for d in draws) / len(draws) for k in draws[0]}
-    out["fid_draw_std"] = _std([d["fid"] for d in draws])
+    std = mean_std([d["fid"] for d in draws])[1]
+    out["fid_draw_std"] = 0.0 if std is None else std
     out.update(n_real=n, n_fake=n, repeats=repeats, extractor=scorer.name)
     return out
 
@@ -111,11 +112,15 @@ def _cap(real, n_cap, seed):
     return real
 
 
-def _std(values):
-    if len(values) < 2:
-        return 0.0
+def mean_std(values) -> tuple:
+    """(mean, sample standard deviation (n - 1)) of the values that are not None; the std is
+    None for fewer than two values, both are None for none."""
+    values = [v for v in values if v is not None]
+    if not values:
+        return None, None
     m = sum(values) / len(values)
-    return math.sqrt(sum((v - m) ** 2 for v in values) / (len(values) - 1))
+    s = math.sqrt(sum((v - m) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else None
+    return m, s
 
 
 def read_metrics(run_dir) -> list[dict]:
@@ -155,6 +160,10 @@ def evaluate_run(run_dir, extractor="digits", inception_weights=None, target_cla
         if not p.is_file():
             raise FileNotFoundError(f"{str(run_dir)!r} is not a finished run folder: {p.name} is missing")
     cfg = load_config(cfg_path)
+    if extractor == "digits" and cfg.data.dataset != "digits":
+        raise ValueError(f"the digits feature network scores 16 px handwritten digits, not this run's "
+                         f"{cfg.data.dataset} data ({cfg.data.path}): pass --extractor inception with "
+                         "--inception-weights FILE for the paper's FID on natural images")
     real = load_data(cfg.data)
     if real.ndim != 4:
         raise ValueError("fastmine eval scores images; this run's data are vectors")

@@ -14,9 +14,12 @@ checkpoints are refused unless ``allow_pickle=True``: unpickling runs code from 
 """
 from __future__ import annotations
 
+import fcntl
 import importlib
 import json
 import os
+import re
+import shutil
 import warnings
 from pathlib import Path
 
@@ -33,6 +36,7 @@ from .nets import build_critic, build_generator
 from .samplers import GeneratorAdapter, Sampler
 
 FORMAT_VERSION = 1
+FACTORY_SPEC = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")  # package.module:function
 
 # factories a file may name without trust_code: fastmine's own, and those the user
 # registered in code (register_factory) or named in a call of this process
@@ -108,8 +112,9 @@ def read_file(path, allow_pickle=False):
     try:
         obj = torch.load(path, map_location="cpu", weights_only=not allow_pickle)
     except Exception as e:
-        hint = "" if allow_pickle else (" If it holds a pickled module and you trust its source, "
-                                        "pass allow_pickle=True (source.allow_pickle=true): unpickling runs arbitrary code.")
+        hint = "" if allow_pickle else (
+            " If it holds a pickled module and you trust its source, pass allow_pickle=True "
+            "(source.allow_pickle=true): unpickling runs arbitrary code.")
         raise ValueError(f"cannot load {str(path)!r} as weights only: {e}.{hint}") from e
     if isinstance(obj, nn.Module):
         if not allow_pickle:  # pragma: no cover - torch refuses modules under weights_only
@@ -166,7 +171,7 @@ def load_generator(source, latent_spec=None, arch=None, call=None, allow_pickle=
     """
     if isinstance(source, nn.Module):
         module, build = source, None
-    elif isinstance(source, str) and ":" in source and not Path(source).exists():
+    elif isinstance(source, str) and FACTORY_SPEC.match(source) and not Path(source).exists():
         build = {"factory": register_factory(source), "kwargs": factory_kwargs}
         module = build_module(build, "generator")
     else:
@@ -196,7 +201,8 @@ def load_generator(source, latent_spec=None, arch=None, call=None, allow_pickle=
     if latent_spec is None and hasattr(module, "latent_dim"):
         latent_spec = LatentSpec.single(module.latent_dim)
     if latent_spec is None:
-        raise ValueError("declare the generator's latent spec: load_generator(..., latent_spec={'z': ((128,), 'normal')}) "
+        raise ValueError("declare the generator's latent spec: "
+                         "load_generator(..., latent_spec={'z': ((128,), 'normal')}) "
                          "or source.latent_spec={z: {shape: [128], prior: normal}}")
     return GeneratorAdapter(module, latent_spec, call=call, build=build, frozen=frozen)
 
@@ -227,7 +233,8 @@ def critic_build_of(path) -> dict | None:
 def _generator_part(g: dict, tensors, prefix, path, generator, trust_code, what="generator") -> GeneratorAdapter:
     if generator is None:
         if g["build"] is None:
-            raise ValueError(f"{str(path)!r}: the {what} is a user module stored as weights only: pass generator=<module>")
+            raise ValueError(f"{str(path)!r}: the {what} is a user module stored as weights only: "
+                             "pass generator=<module>")
         generator = build_module(g["build"], "generator", path, trust_code)
     load_state(generator, part(tensors, prefix), what, path)
     return GeneratorAdapter(generator, g["latent_spec"], build=g["build"], frozen=True)
@@ -236,7 +243,8 @@ def _generator_part(g: dict, tensors, prefix, path, generator, trust_code, what=
 def _miner_part(m: dict, tensors, prefix, path, miner, what="miner"):
     if miner is None:
         if "config" not in m:
-            raise ValueError(f"{str(path)!r}: the {what} is a custom module stored as weights only: pass miner=<module>")
+            raise ValueError(f"{str(path)!r}: the {what} is a custom module stored as weights only: "
+                             "pass miner=<module>")
         miner = Miner(**m["config"])
     load_state(miner, part(tensors, prefix), what, path)
     return miner
@@ -299,8 +307,20 @@ def load_any(path, device="cpu", trust_code=False):
 
 
 # --------------------------------------------------------------------------- writing
+TMP_MARK = ".tmp-"
+
+
 def _tmp_name(path: Path) -> Path:
-    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    return path.with_name(f".{path.name}{TMP_MARK}{os.getpid()}")
+
+
+def _publish(tmp: Path, path: Path):
+    """Rename ``tmp`` over ``path`` with the permissions the umask gives a new file (writers
+    such as safetensors create 0600 files; a model file is meant to be shared like the rest)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
+    os.replace(tmp, path)
 
 
 def atomic_save_safetensors(tensors: dict, path, metadata: dict | None = None):
@@ -309,20 +329,71 @@ def atomic_save_safetensors(tensors: dict, path, metadata: dict | None = None):
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _tmp_name(path)
     tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
-    save_file(tensors, str(tmp), metadata={k: v if isinstance(v, str) else json.dumps(v) for k, v in (metadata or {}).items()})
-    os.replace(tmp, path)
+    metadata = {k: v if isinstance(v, str) else json.dumps(v) for k, v in (metadata or {}).items()}
+    save_file(tensors, str(tmp), metadata=metadata)
+    _publish(tmp, path)
 
 
 def atomic_torch_save(obj, path):
     tmp = _tmp_name(Path(path))
     torch.save(obj, tmp)
-    os.replace(tmp, path)
+    _publish(tmp, Path(path))
 
 
 def atomic_write_text(path, text):
     tmp = _tmp_name(Path(path))
     tmp.write_text(text)
-    os.replace(tmp, path)
+    _publish(tmp, Path(path))
+
+
+def remove_stale_temps(folder) -> list:
+    """Delete the temporary files of writes that were killed before their rename (call only
+    while holding the folder's :class:`RunLock`: then no live writer owns one)."""
+    removed = []
+    for p in Path(folder).rglob(f".*{TMP_MARK}*"):
+        if p.is_file():
+            p.unlink(missing_ok=True)
+            removed.append(p)
+    return removed
+
+
+def clear_folder(folder, keep=(".lock",)):
+    """Delete everything in ``folder`` but ``keep`` (a run restarted from scratch)."""
+    for p in Path(folder).iterdir():
+        if p.name in keep:
+            continue
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p)
+        else:
+            p.unlink()
+
+
+class RunFolderBusy(RuntimeError):
+    pass
+
+
+class RunLock:
+    """One writer per run folder: an advisory lock on ``FOLDER/.lock`` (holding the writer's
+    pid) for the life of the run. The kernel drops it when the process dies, however it dies."""
+
+    def __init__(self, folder):
+        self.path = Path(folder) / ".lock"
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(self.fd, 32).decode(errors="replace").strip() or "?"
+            os.close(self.fd)
+            raise RunFolderBusy(f"run folder {str(Path(folder))!r} is in use by process {holder} (it holds "
+                                f"{self.path.name}); wait for it to finish or stop it first") from None
+        os.ftruncate(self.fd, 0)
+        os.write(self.fd, str(os.getpid()).encode())
+
+    def release(self):
+        if self.fd is not None:
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+            os.close(self.fd)
+            self.fd = None
 
 
 def _sampler_entry(s: Sampler) -> dict:

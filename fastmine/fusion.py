@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from .samplers import GeneratorAdapter, Sampler
 
@@ -89,6 +88,10 @@ class FusedSampler(Sampler):
         noise = torch.randn((n, self.region_means.shape[1]), generator=generator, device=device)
         return {"z": self.region_means[region].to(device) + self.sigma * noise,
                 "region": torch.full((n,), region, device=device, dtype=torch.long)}
+
+    def visible(self, x: torch.Tensor) -> torch.Tensor:
+        """The samples without the label channels the critic sees (for pictures)."""
+        return x[:, : x.shape[1] - self.num_regions] if self.label_channels else x
 
     def forward(self, seeds):
         if torch.is_tensor(seeds):

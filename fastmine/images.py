@@ -6,6 +6,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from matplotlib.figure import Figure
+from PIL import Image
 
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:
@@ -32,8 +34,6 @@ def save_grid(images: torch.Tensor, path, nrow: int | None = None, scale: int | 
     path.parent.mkdir(parents=True, exist_ok=True)
     if images.ndim == 2:
         return _save_vectors(images, path, real)
-    from PIL import Image
-
     grid = make_grid(images, nrow)
     im = Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid)
     h = images.shape[-1]
@@ -45,13 +45,10 @@ def save_grid(images: torch.Tensor, path, nrow: int | None = None, scale: int | 
 
 
 def _save_vectors(x, path, real=None):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     x = x.detach().float().cpu().numpy()
-    fig, ax = plt.subplots(figsize=(4, 4), dpi=80)
+    # a Figure of its own, not pyplot: no global figure state and no GUI backend to choose
+    fig = Figure(figsize=(4, 4), dpi=80)
+    ax = fig.subplots()
     if x.shape[1] == 1:
         if real is not None:
             ax.hist(real.detach().cpu().numpy()[:, 0], bins=50, alpha=0.5, density=True, label="target")
@@ -64,5 +61,4 @@ def _save_vectors(x, path, real=None):
     ax.legend(loc="upper right", fontsize=7)
     fig.tight_layout()
     fig.savefig(path)
-    plt.close(fig)
     return path

@@ -73,7 +73,7 @@ class LatentSpec(OrderedDict):
         return out
 
     def to_dict(self) -> dict:
-        return {name: {"shape": list(l.shape), "prior": l.prior} for name, l in self.items()}
+        return {name: {"shape": list(latent.shape), "prior": latent.prior} for name, latent in self.items()}
 
     @classmethod
     def from_dict(cls, d: Mapping) -> "LatentSpec":

@@ -29,7 +29,7 @@ def gradient_penalty(critic, real, fake, weight=10.0, center=1.0, one_sided=Fals
 
     ``one_sided`` penalises only norms above ``center`` (WGAN-LP). The interpolation and
     the penalty are fused kernels on CUDA; the double backward through the critic stays
-    with autograd (torch.compile does not support it, DESIGN.md §7).
+    with autograd (torch.compile does not support it).
     Returns (penalty, grad_norm_mean) — the latter detached, for logging.
     """
     x_hat, _ = interpolate(real.detach(), fake.detach(), eps=eps, impl=impl)

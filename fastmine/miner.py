@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .latent import LatentSpec, draw, transport
+from .latent import LatentSpec, transport
 
 INITS = ("residual", "normal")
 
@@ -37,7 +37,7 @@ class Miner(nn.Module):
             raise ValueError(f"seed_dist must be 'normal' or 'uniform', got {seed_dist!r}")
         if layers < 1:
             raise ValueError(f"a miner needs at least one layer, got layers={layers}")
-        sizes = [l.numel for l in self.latent_spec.values()]
+        sizes = [latent.numel for latent in self.latent_spec.values()]
         self.seed_dim = int(seed_dim or sizes[0])
         self.seed_dist, self.init, self.layers = seed_dist, init, layers
         self.hidden = hidden
@@ -74,9 +74,6 @@ class Miner(nn.Module):
             "latent_spec": self.latent_spec.to_dict(), "seed_dim": self.seed_dim,
             "seed_dist": self.seed_dist, "hidden": self.hidden, "layers": self.layers, "init": self.init,
         }
-
-    def draw_seeds(self, n, generator=None, device=None):
-        return draw(self.seed_dist, (n, self.seed_dim), generator, device)
 
     def forward(self, u: torch.Tensor) -> dict:
         out = {}

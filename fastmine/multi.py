@@ -6,7 +6,7 @@ candidates, and only one of them per supersample enters the losses. The trainer 
 know any of this: it calls the sampler like any other, and the sampler asks the critic it
 was bound to (``bind_critic``) which candidate to keep.
 
-Selection rules (DESIGN.md §2, "Supersample selection"):
+Selection rules:
 
 - ``max`` (eq. 5-8): supersample j uses generator m(j) = argmax_i D(G_i(M_i(u(j)))).
 - ``permute`` (eq. 9-10, the default): draw a random permutation r of the K supersamples
@@ -29,7 +29,8 @@ ignores it. This keeps "same seed, same samples" and draws nothing on the host.
 
 Two paths give the same result:
 
-- ``fast`` (default): score all N·K candidates without autograd, select, then re-run only the K chosen seeds through their generators with
+- ``fast`` (default): score all N·K candidates without autograd, select, then re-run only
+  the K chosen seeds through their generators with
   autograd. In the critic step (no autograd anyway) the chosen candidates are gathered
   directly, nothing is re-run.
 - ``naive``: every candidate with autograd, then index the chosen ones: N times the

@@ -20,10 +20,20 @@ from torch import nn
 
 from . import distributed
 from .conditional import FACTORY_DCGAN, LabelledSampler, conditional_dcgan
-from .config import ConfigError, RunConfig, dump_config, fill_defaults, validate
-from .data import load_data, load_digits, load_image_folder, make_target
-from .files import (critic_build_of, has_critic, import_object, load_critic, load_generator, load_sampler,
-                    save_any)
+from .config import ConfigError, RunConfig, dump_config, fill_defaults, load_config, reconcile_resume, validate
+from .data import describe, load_data, load_digits, load_image_folder, make_target
+from .files import (
+    RunLock,
+    clear_folder,
+    critic_build_of,
+    has_critic,
+    import_object,
+    load_critic,
+    load_generator,
+    load_sampler,
+    remove_stale_temps,
+    save_any,
+)
 from .fusion import FusedSampler, PseudoRealData, attach_labels, region_means, single_latent
 from .methods import Method, get_method
 from .miner import Miner
@@ -61,11 +71,16 @@ class Run:
     finish: Callable[[Trainer], None]  # writes the model file(s) once trained
     resume: bool = False
     result_sampler: nn.Module | None = None  # what the Result holds, when not the trained sampler itself
+    lock: RunLock | None = None  # the run folder's, held from prepare to the end of fit
 
     def fit(self) -> Result:
-        metrics = self.trainer.fit(resume=self.resume)
-        self.trainer.sampler.eval()
-        self.finish(self.trainer)
+        try:
+            metrics = self.trainer.fit(resume=self.resume)
+            self.trainer.sampler.eval()
+            self.finish(self.trainer)
+        finally:
+            if self.lock is not None:
+                self.lock.release()
         sampler = self.result_sampler if self.result_sampler is not None else self.trainer.sampler
         return Result(sampler, self.trainer.critic, metrics, self.trainer.run_dir)
 
@@ -97,25 +112,44 @@ class Context:
     run_dir: Path | None = None
     resume: bool = False
     callbacks: list = field(default_factory=list)
+    restart: bool = False
+    changed: dict = field(default_factory=dict)  # settings a resumed run changed ({key: [old, new]})
+    lock: RunLock | None = None
 
 
-def prepare(cfg: RunConfig, inputs: Inputs | None = None, *, resume=False, callbacks=(), write=True,
+def prepare(cfg: RunConfig, inputs: Inputs | None = None, *, resume=False, restart=False, callbacks=(), write=True,
             accelerator=None) -> Run:
-    """Build (not train) the run ``cfg`` describes. ``write=False`` opens no run folder."""
+    """Build (not train) the run ``cfg`` describes. ``write=False`` opens no run folder.
+
+    resume: continue the run in ``cfg.run_dir`` from its newest intact checkpoint (from step 0
+        when it has none yet), with its own ``config.yaml`` as the base: settings ``cfg`` leaves
+        unset keep the run's values; only those in ``config.RESUMABLE`` may change.
+    restart: replace what ``cfg.run_dir`` holds with a fresh run."""
+    if resume and restart:
+        raise ConfigError("choose --resume (continue the run) or --restart (replace it), not both")
+    changed = {}
+    stored = cfg.run_dir / "config.yaml"
+    if resume and write and stored.is_file():
+        cfg, changed = reconcile_resume(load_config(stored), cfg)
     method = get_method(cfg.method)
     validate(fill_defaults(cfg, method))
     inputs = inputs or Inputs()
     if accelerator is None:  # launched by torchrun / accelerate launch: one process group, this rank's device
         accelerator = distributed.setup(cfg.dist, cfg.device)
     device = str(accelerator.device) if accelerator is not None and cfg.device == "auto" else resolve_device(cfg.device)
-    ctx = Context(device, accelerator, cfg.run_dir if write else None, resume, list(callbacks))
+    ctx = Context(device, accelerator, cfg.run_dir if write else None, resume, list(callbacks), restart, changed)
     torch.manual_seed(cfg.seed)
-    return BUILDERS[method.kind](cfg, method, inputs, ctx)
+    run = BUILDERS[method.kind](cfg, method, inputs, ctx)
+    run.lock = ctx.lock
+    return run
 
 
 def resolve_device(device):
     if device in (None, "auto"):
         return "cuda" if torch.cuda.is_available() else "cpu"
+    if str(device).startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device={device} but this torch ({torch.__version__}) sees no CUDA device; "
+                          "use device=cpu or device=auto")
     return device
 
 
@@ -123,9 +157,14 @@ def resolve_device(device):
 def resolve_target(cfg: RunConfig, target):
     """(data for the trainer, a tensor of real samples to size and score with)."""
     if target is None:
-        target = load_data(cfg.data)
+        report = {}
+        target = load_data(cfg.data, report)
+        if distributed.rank() == 0:
+            print(describe(cfg.data, target, report))
     elif isinstance(target, (str, Path)):
-        target = load_image_folder(target, size=cfg.data.size)
+        d = cfg.data
+        target = load_image_folder(target, size=d.size, channels=d.channels, limit=d.limit, seed=d.seed, fit=d.fit,
+                                   alpha=d.alpha)
     return make_target(target, cfg.s3.samples)
 
 
@@ -168,6 +207,19 @@ def resolve_critic(critic, example, cfg: RunConfig):
     return build_critic(build["arch"]), build
 
 
+def describe_critic(critic, method: Method) -> str:
+    """Where the run's critic comes from, said once: passing a generator module starts from a fresh
+    critic, passing its model file from the critic stored in it."""
+    if method.fresh_critic:
+        return "a freshly initialised project critic (the method trains from scratch)"
+    if isinstance(critic, nn.Module):
+        return f"the given {type(critic).__name__}"
+    if critic is not None:
+        return f"the critic stored in {critic}"
+    return ("a fresh project critic (no pretrained one given: pass critic= or source.critic, or a model file that "
+            "stores one, to start from it as the paper does)")
+
+
 def load_source(spec, cfg: RunConfig) -> GeneratorAdapter:
     src = cfg.source
     return load_generator(str(spec), latent_spec=src.latent_spec, arch=src.arch, allow_pickle=src.allow_pickle,
@@ -187,32 +239,48 @@ def check_output_matches(sampler, example: torch.Tensor, device):
     with torch.no_grad():
         was = sampler.training
         sampler.eval()
-        out = sampler(sampler.draw_seeds(2, torch.Generator(device).manual_seed(0), device))
-        sampler.train(was)
+        try:
+            out = sampler(sampler.draw_seeds(2, torch.Generator(device).manual_seed(0), device))
+        except RuntimeError as e:  # e.g. "mat1 and mat2 shapes cannot be multiplied" deep in a user module
+            raise ValueError(f"the sampler fails on two seeds ({' '.join(str(e).split())[:200]}): check that the "
+                             "miner's input size (miner.seed_dim) and output sizes fit the generator's latent "
+                             "spec") from e
+        finally:
+            sampler.train(was)
     if tuple(out.shape[1:]) != tuple(example.shape[1:]):
         hint = f"; set data.size={out.shape[-1]}" if out.ndim == 4 and example.ndim == 4 else ""
         raise ValueError(f"the generator makes samples of shape {tuple(out.shape[1:])} but the target data has "
                          f"shape {tuple(example.shape[1:])}{hint}")
 
 
-def open_run_dir(run_dir, resume: bool, config) -> Path | None:
-    """Check the run folder on every rank, then let rank 0 alone create it and write the
-    resolved config. Refuses to touch an existing run unless resuming it."""
-    if run_dir is None:
+def open_run_dir(ctx: Context, config) -> Path | None:
+    """Check the run folder, then let rank 0 alone take its lock (one writer per folder),
+    create or clear it and write the resolved config. An existing run is touched only when
+    resuming (``ctx.resume``) or replacing (``ctx.restart``) it."""
+    if ctx.run_dir is None:
         return None
-    run_dir = Path(run_dir)
-    ckpt = run_dir / "checkpoints" / "latest.json"
-    if resume:
-        if not ckpt.is_file():
-            raise FileNotFoundError(f"--resume: {str(run_dir)!r} has no checkpoint (checkpoints/latest.json)")
-    elif run_dir.exists() and any(run_dir.iterdir()):
+    run_dir = Path(ctx.run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise FileExistsError(f"run folder {str(run_dir)!r} is a file; choose another name (name=...)")
+    existing = run_dir.is_dir() and any(run_dir.iterdir())
+    if existing and not (ctx.resume or ctx.restart):
         raise FileExistsError(f"run folder {str(run_dir)!r} already exists; pass --resume to continue it, "
-                              "or choose another name (name=...) — nothing was overwritten")
+                              "--restart to replace it, or choose another name (name=...) — nothing was changed")
+    if ctx.resume and not existing:
+        raise FileNotFoundError(f"--resume: there is no run in {str(run_dir)!r} to continue")
     distributed.barrier()  # no rank may see the folder rank 0 is about to create
     if distributed.rank() == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
-        if config is not None:
+        ctx.lock = RunLock(run_dir)
+        if ctx.restart:
+            clear_folder(run_dir)
+        remove_stale_temps(run_dir)  # of writes killed mid-way: with the lock held, no live writer owns one
+        if ctx.changed:  # a resumed run going on with new steps / cadence: say so, keep the old values
+            with open(run_dir / "config_history.jsonl", "a") as f:
+                f.write(json.dumps({"resumed_with": ctx.changed}) + "\n")
+        if not ctx.resume or ctx.changed or not (run_dir / "config.yaml").is_file():
             dump_config(config, run_dir / "config.yaml")
+    distributed.barrier()
     return run_dir
 
 
@@ -232,7 +300,7 @@ def model_writer(cfg: RunConfig, run_dir, sampler, critic=None, critic_build=Non
 
 
 def _trainer(cfg, ctx: Context, sampler, critic, data, groups, critic_params=None, callbacks=()) -> tuple:
-    run_dir = open_run_dir(ctx.run_dir, ctx.resume, cfg)
+    run_dir = open_run_dir(ctx, cfg)
     trainer = Trainer(sampler, critic, data, cfg, groups, critic_params=critic_params, run_dir=run_dir,
                       device=ctx.device, accelerator=ctx.accelerator, callbacks=[*callbacks, *ctx.callbacks])
     return trainer, run_dir
@@ -252,7 +320,9 @@ def build_single(cfg: RunConfig, method: Method, inputs: Inputs, ctx: Context) -
     src, device = cfg.source, ctx.device
     generator = _one(inputs, f"method {cfg.method!r}")
     if generator is None and src.generator:
-        generator = load_sampler(src.generator, trust_code=src.trust_code) if cfg.method == "finetune" else src.generator
+        # finetuning starts from a mined file: its generator and its miner
+        finetune = cfg.method == "finetune"
+        generator = load_sampler(src.generator, trust_code=src.trust_code) if finetune else src.generator
     critic = inputs.critic if inputs.critic is not None else src.critic
     source_file = generator if isinstance(generator, (str, Path)) and Path(generator).is_file() else None
     if critic is None and source_file is not None and has_critic(source_file) and not method.fresh_critic:
@@ -274,6 +344,10 @@ def build_single(cfg: RunConfig, method: Method, inputs: Inputs, ctx: Context) -
             adapter = generator
         else:
             adapter = load_source(generator, cfg)
+            if inputs.generators is None:
+                # a generator named by the config is built before the run's seed takes effect, as it
+                # always was: the miner's initial weights stay those of earlier releases' runs
+                torch.manual_seed(cfg.seed)
         adapter = adapter.to(device)
         if method.fresh_generator:
             reinitialize(adapter.module, cfg.seed)
@@ -291,6 +365,8 @@ def build_single(cfg: RunConfig, method: Method, inputs: Inputs, ctx: Context) -
 
     critic_module, critic_build = resolve_critic(
         critic if not method.fresh_critic or isinstance(critic, nn.Module) else None, example, cfg)
+    if distributed.rank() == 0:
+        print(f"critic: {describe_critic(critic, method)}")
     if method.fresh_critic:
         reinitialize(critic_module, cfg.seed + 1)
     critic_module = critic_module.to(device)
@@ -333,13 +409,13 @@ def build_multi(cfg: RunConfig, method: Method, inputs: Inputs, ctx: Context) ->
     if len(miners) != len(gens):
         raise ValueError(f"give one miner per generator: {len(gens)} generators, {len(miners)} miners")
     critic, critic_source = inputs.critic if inputs.critic is not None else cfg.source.critic, None
-    samplers = []
-    for g, given in zip(gens, miners):
+    adapters = []  # every generator first, then the miners: the random draws of earlier releases' runs
+    for g in gens:
         if critic_source is None and isinstance(g, (str, Path)) and Path(g).is_file() and has_critic(g):
             critic_source = str(g)  # the paper initialises the critic from one pretrained critic (§5.1.2)
-        adapter = (g if isinstance(g, GeneratorAdapter) else load_source(g, cfg)).to(ctx.device).freeze(True)
-        samplers.append(Sampler(adapter, make_miner(cfg, adapter.latent_spec, given), seed_dim=cfg.miner.seed_dim,
-                                seed_dist=cfg.miner.seed_dist))
+        adapters.append((g if isinstance(g, GeneratorAdapter) else load_source(g, cfg)).to(ctx.device).freeze(True))
+    samplers = [Sampler(a, make_miner(cfg, a.latent_spec, given), seed_dim=cfg.miner.seed_dim,
+                        seed_dist=cfg.miner.seed_dist) for a, given in zip(adapters, miners)]
     sampler = MultiSampler(samplers, rule=cfg.multi.rule, window=cfg.multi.window, path=cfg.multi.path,
                            impl=cfg.perf.impl, seed=cfg.seed).to(ctx.device)
     for s in samplers:

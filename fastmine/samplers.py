@@ -66,7 +66,7 @@ class GeneratorAdapter(nn.Module):
 
 
 class Sampler(nn.Module):
-    """S(u) of DESIGN.md §1: ``generator(miner(u))``, or ``generator(z)`` with z from its prior.
+    """S(u) of the one trainer: ``generator(miner(u))``, or ``generator(z)`` with z from its prior.
 
     ``miner`` may be a fastmine :class:`Miner` or any module mapping seeds [N, seed_dim] to a
     latent tensor (single-latent generators) or a dict of latents.

@@ -5,20 +5,22 @@ which parameters train from which step (``ParamGroup``). Built on Accelerate for
 placement and process groups; with several processes each rank draws its own batch from
 a rank-derived random stream and gradients are averaged as one flat all-reduce per
 optimizer step (the stylegan3 way: DDP's hooks do not cover ``autograd.grad`` double
-backward, DESIGN.md §7).
+backward: pytorch#47562).
 """
 from __future__ import annotations
 
 import contextlib
 import json
-import os
+import pickle
+import signal
+import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from torch import nn
-
 from tqdm.auto import tqdm
 
 from . import distributed
@@ -34,6 +36,30 @@ TERMS = ("loss_critic", "loss_sampler", "penalty", "wasserstein", "grad_norm")
 
 class NonFiniteLossError(FloatingPointError):
     pass
+
+
+class RunInterrupted(RuntimeError):
+    """SIGINT / SIGTERM stopped the run at a step boundary, after writing a checkpoint."""
+
+
+class _StopRequests:
+    """SIGINT and SIGTERM ask the loop to stop at the next step boundary (the first one only:
+    a second Ctrl-C interrupts at once). Installed in the main thread only."""
+
+    def __init__(self):
+        self.signal = None
+        self._previous = {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame):
+        self.signal = signal.Signals(signum).name
+        signal.signal(signum, self._previous.get(signum, signal.SIG_DFL))
+
+    def restore(self):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
 
 
 @dataclass
@@ -111,7 +137,8 @@ class Trainer:
         self.rng = self.rngs[0]
         if self.world > 1:  # replicated parts start identical on every rank (what DDP does)
             distributed.broadcast_params_(list(self.critic.parameters()) + [p for g in self.groups for p in g.params()])
-        self.grid_seeds = sampler.draw_seeds(cfg.log.grid_size, torch.Generator(self.device).manual_seed(seed + 12345), self.device)
+        grid_gen = torch.Generator(self.device).manual_seed(seed + 12345)
+        self.grid_seeds = sampler.draw_seeds(cfg.log.grid_size, grid_gen, self.device)
         # lazy regularisation (StyleGAN2 §B): the penalty every k-th critic step, scaled by k,
         # with Adam's lr and betas adjusted so the overall step size is unchanged
         k = max(1, cfg.loss.gp_every)
@@ -120,7 +147,8 @@ class Trainer:
         fused = {"fused": True} if cfg.perf.fused_adam else {}
         self.opt_critic = torch.optim.Adam(self.critic_params, lr=cfg.train.critic_lr * c, betas=betas, **fused)
         self.opt_sampler = torch.optim.Adam(
-            [{"params": g.params(), "lr": g.lr or cfg.train.lr} for g in self.groups], lr=cfg.train.lr, betas=tuple(cfg.train.betas),
+            [{"params": g.params(), "lr": g.lr or cfg.train.lr} for g in self.groups], lr=cfg.train.lr,
+            betas=tuple(cfg.train.betas),
             **fused)
         self.state = TrainState()
         self._step_t = torch.zeros((), dtype=torch.long, device=self.device)
@@ -213,7 +241,8 @@ class Trainer:
         if cfg.loss.gp_weight > 0 and critic_iter % max(1, cfg.loss.gp_every) == 0:
             eps = self._draw(lambda n, g: torch.rand(n, generator=g, device=self.device))
             penalty, grad_norm = gradient_penalty(
-                self.critic, real, fake, weight=cfg.loss.gp_weight * max(1, cfg.loss.gp_every), center=cfg.loss.gp_center,
+                self.critic, real, fake, weight=cfg.loss.gp_weight * max(1, cfg.loss.gp_every),
+                center=cfg.loss.gp_center,
                 one_sided=cfg.loss.gp_one_sided, eps=eps, impl=cfg.perf.impl)
             loss = loss + penalty
             self._track("penalty", penalty, step)
@@ -267,28 +296,51 @@ class Trainer:
                             unit="step", dynamic_ncols=True)
         t0 = time.perf_counter()
         last = {}
-        for step in range(start, cfg.train.steps):
-            self.train_step(step)
-            done = self.state.step
-            if done % cfg.log.log_every == 0 or done == cfg.train.steps:
-                last = self._log(done, time.perf_counter() - t0)
+        stop = _StopRequests()
+        try:
+            for step in range(start, cfg.train.steps):
+                self.train_step(step)
+                done = self.state.step
+                logged = done % cfg.log.log_every == 0 or done == cfg.train.steps
+                if logged:
+                    last = self.log_row(done, time.perf_counter() - t0)
+                    if progress:
+                        progress.set_postfix(W=f"{last['wasserstein']:.3f}", gp=f"{last['penalty']:.3f}")
+                if self.run_dir and (done % cfg.log.sample_every == 0 or done == cfg.train.steps):
+                    self.save_samples(done)  # every rank: a sharded generator's forward is a collective
+                saved = self.run_dir and (done % cfg.log.checkpoint_every == 0 or done == cfg.train.steps)
+                if saved:
+                    self.save_checkpoint()
                 if progress:
-                    progress.set_postfix(W=f"{last['wasserstein']:.3f}", gp=f"{last['penalty']:.3f}")
-            if self.run_dir and (done % cfg.log.sample_every == 0 or done == cfg.train.steps):
-                self.save_samples(done)  # every rank: a sharded generator's forward is a collective
-            if self.run_dir and (done % cfg.log.checkpoint_every == 0 or done == cfg.train.steps):
-                self.save_checkpoint()
+                    progress.update(1)
+                if done < cfg.train.steps and self._stop_requested(stop, logged):
+                    if self.run_dir and not saved:
+                        self.save_checkpoint()
+                    where = "checkpoint written: continue with --resume" if self.run_dir else "no run folder"
+                    raise RunInterrupted(f"stopped by {stop.signal or 'a peer'} after step {done}; {where}")
+        finally:
+            stop.restore()
             if progress:
-                progress.update(1)
-        if progress:
-            progress.close()
+                progress.close()
         if self.channels_last:  # hand the modules back in the default layout: a user's `x.view(n, -1)`
             # on a channels_last sample would fail
             _to_channels_last(self.sampler, torch.contiguous_format)
             _to_channels_last(self.critic, torch.contiguous_format)
         return last
 
-    def _log(self, step, elapsed):
+    def _stop_requested(self, stop: _StopRequests, logged: bool) -> bool:
+        """One process stops as soon as it is asked; several agree at log steps (the ranks
+        must leave the loop at the same step: a collective there costs no extra sync)."""
+        if self.world == 1:
+            return stop.signal is not None
+        if not logged:
+            return False
+        flag = torch.tensor([1.0 if stop.signal else 0.0], device=self.device)
+        return bool(distributed.all_reduce_max_(flag).item())
+
+    def log_row(self, step, elapsed) -> dict:
+        """Close the logging window ending at ``step``: the mean of each term since the last row
+        (over all ranks), callbacks' numbers added, appended to metrics.jsonl; returns the row."""
         s = self.state.stats
         if self.world > 1:  # the logged numbers are the means over all ranks (one collective)
             terms = [s[t] for t in TERMS] + [s["n_critic"], s["n_sampler"], s["n_penalty"]]
@@ -314,6 +366,8 @@ class Trainer:
         with torch.no_grad():
             images = self.sampler(self.grid_seeds)
         self.sampler.train(was)
+        if hasattr(self.sampler, "visible"):  # samplers that append label channels for the critic
+            images = self.sampler.visible(images)
         if not self.is_main:
             return None
         real = self.data.preview(512) if images.ndim == 2 else None
@@ -337,11 +391,13 @@ class Trainer:
         step = self.state.step
         d = self.ckpt_dir
         d.mkdir(parents=True, exist_ok=True)
-        # a sharded generator is frozen and left out: it loads from its own file (DESIGN.md §7)
+        # a sharded generator is frozen and left out: it loads from its own file (as DeepSpeed does
+        # with frozen weights, deepspeed#3090)
         tensors = {f"sampler.{k}": v for k, v in distributed.checkpoint_state(self.sampler).items()}
         tensors |= {f"critic.{k}": v for k, v in self.critic.state_dict().items()}
         atomic_save_safetensors(tensors, d / f"ckpt-{step:07d}.safetensors", {"step": str(step)})
-        state = {"step": step, "opt_critic": self.opt_critic.state_dict(), "opt_sampler": self.opt_sampler.state_dict(),
+        state = {"step": step, "global_batch": self.cfg.train.batch_size * self.world,
+                 "opt_critic": self.opt_critic.state_dict(), "opt_sampler": self.opt_sampler.state_dict(),
                  "rng": self.rng.get_state(), "rngs": rngs, "torch_rng": torch.get_rng_state(),
                  "stats": {k: v.cpu() for k, v in self.state.stats.items()}}
         atomic_torch_save(state, d / f"ckpt-{step:07d}.state.pt")
@@ -351,20 +407,56 @@ class Trainer:
             old.unlink(missing_ok=True)
             old.with_name(old.name.replace(".safetensors", ".state.pt")).unlink(missing_ok=True)
 
+    def _newest_intact_checkpoint(self):
+        """(step, tensors, state) of the newest checkpoint that reads whole — latest.json's
+        first, then the others on disk, newest first — or None when there is none at all."""
+        d = self.ckpt_dir
+        steps, damaged = [], []
+        try:
+            steps.append(int(json.loads((d / "latest.json").read_text())["step"]))
+        except FileNotFoundError:
+            pass
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            damaged.append(f"latest.json ({type(e).__name__})")
+        steps += sorted((int(p.name[5:12]) for p in d.glob("ckpt-*.safetensors") if p.name[5:12].isdigit()),
+                        reverse=True)
+        for step in dict.fromkeys(steps):
+            try:
+                tensors, _ = read_file(d / f"ckpt-{step:07d}.safetensors")
+                state = torch.load(d / f"ckpt-{step:07d}.state.pt", map_location="cpu", weights_only=True)
+            except (OSError, ValueError, RuntimeError, EOFError, pickle.UnpicklingError) as e:
+                reason = str(e).splitlines()[0][:80] if str(e) else type(e).__name__
+                damaged.append(f"step {step} ({reason})")
+                continue
+            if damaged and self.is_main:
+                print(f"fastmine: checkpoint {', '.join(damaged)} in {str(d)!r} is damaged; resuming from the "
+                      f"newest intact one, step {step}", file=sys.stderr)
+            return step, tensors, state
+        if damaged:
+            raise ValueError(f"no intact checkpoint in {str(d)!r} ({'; '.join(damaged)}); start the run again "
+                             "with --restart")
+        return None
+
     def load_checkpoint(self):
-        latest = self.ckpt_dir / "latest.json" if self.run_dir else None
-        if latest is None or not latest.is_file():
-            raise FileNotFoundError(f"no checkpoint to resume from in {str(self.ckpt_dir)!r} (latest.json missing)")
-        step = json.loads(latest.read_text())["step"]
-        tensors, _ = read_file(self.ckpt_dir / f"ckpt-{step:07d}.safetensors")
-        state_path = self.ckpt_dir / f"ckpt-{step:07d}.state.pt"
-        if not state_path.is_file():
-            raise FileNotFoundError(f"checkpoint state {str(state_path)!r} is missing; the checkpoint is incomplete")
-        state = torch.load(state_path, map_location="cpu", weights_only=True)
+        """Resume from the newest intact checkpoint; returns its step (0: none yet, start over)."""
+        found = self._newest_intact_checkpoint() if self.run_dir else None
+        if found is None:
+            if self.run_dir and self.is_main:
+                print(f"fastmine: {str(self.run_dir)!r} has no checkpoint yet: starting it from step 0",
+                      file=sys.stderr)
+                _truncate_metrics(self.run_dir / "metrics.jsonl", 0)
+            return 0
+        step, tensors, state = found
+        global_batch = self.cfg.train.batch_size * self.world
+        if state.get("global_batch", global_batch) != global_batch:
+            raise ValueError(f"the run trained with a global batch of {state['global_batch']} (train.batch_size × "
+                             f"processes), this resume would use {global_batch}: with {self.world} process(es) set "
+                             f"train.batch_size={state['global_batch'] // self.world}")
         # the generator may be missing (written sharded) or present (written unsharded): a
         # frozen generator comes from its own file either way
         frozen_generator = getattr(getattr(self.sampler, "generator", None), "frozen", False)
-        distributed.load_checkpoint_state(self.sampler, {k[8:]: v for k, v in tensors.items() if k.startswith("sampler.")},
+        sampler_state = {k[8:]: v for k, v in tensors.items() if k.startswith("sampler.")}
+        distributed.load_checkpoint_state(self.sampler, sampler_state,
                                           omitted_prefix="generator." if frozen_generator else None)
         self.critic.load_state_dict({k[7:]: v for k, v in tensors.items() if k.startswith("critic.")})
         self._set_phase(step)  # the parameters that train at this step must be the optimizer's
@@ -392,7 +484,7 @@ def _compiled(sampler, critic, mode):
     """(sampler, critic) forwards for the first-order passes, compiled per ``perf.compile``.
 
     The penalty's pass always runs the eager critic: torch.compile does not support the
-    double backward (DESIGN.md §7). The compiled wrappers share the modules' parameters, so
+    double backward (AOTAutograd raises on it). The compiled wrappers share the modules' parameters, so
     checkpoints, optimizers and phase switches see one set of weights (a switch of
     requires_grad or train/eval is a guard: it recompiles once).
     """
@@ -406,7 +498,8 @@ def _compiled(sampler, critic, mode):
     if any(distributed.is_sharded_param(p) for p in sampler.parameters()):
         raise ValueError("perf.compile does not compile a sharded generator (FSDP2 / ZeRO-3 gather its weights "
                          "in hooks). Set perf.compile=none or dist.shard=none.")
-    return torch.compile(sampler, dynamic=False), torch.compile(critic, dynamic=False) if mode == "first_order" else critic
+    compiled_critic = torch.compile(critic, dynamic=False) if mode == "first_order" else critic
+    return torch.compile(sampler, dynamic=False), compiled_critic
 
 
 def _resolve_channels_last(setting, device):
@@ -437,5 +530,12 @@ def _truncate_metrics(path, step):
     """Drop lines logged after the checkpoint we resume from (they will be logged again)."""
     if not path.is_file():
         return
-    keep = [l for l in path.read_text().splitlines() if l.strip() and json.loads(l)["step"] <= step]
-    atomic_write_text(path, "".join(l + "\n" for l in keep))
+    keep = []
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:  # a line torn by a kill mid-write
+            continue
+        if row["step"] <= step:
+            keep.append(line)
+    atomic_write_text(path, "".join(line + "\n" for line in keep))

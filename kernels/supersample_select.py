@@ -195,8 +195,7 @@ def supersample_select(
     ``torch.randperm(K, generator=generator)`` on the scores' device). The paper's formula
     read literally only reorders a sum; its stated intent (each column's share of outputs
     kept, rows whose own argmax lost still receive updates) is this reading: the multiset of
-    chosen columns equals that of the winners, their pairing with rows is shuffled (see
-    DESIGN.md §2, "Supersample selection").
+    chosen columns equals that of the winners, their pairing with rows is shuffled.
 
     window: optional float32 [W, N] ring buffer of per-call counts, updated in place: row
     ``window_pos % W`` is overwritten with this call's counts and `window_pos` (a 1-element

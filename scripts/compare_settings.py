@@ -3,10 +3,10 @@
     python scripts/compare_settings.py --method minegan_noft --seeds 3 --jobs 2 --out runs/miner_init \
         --setting normal=miner.init=normal --setting residual=miner.init=residual
     python scripts/compare_settings.py --method minegan_noft --seeds 3 --jobs 2 --out runs/lazy_gp \
-        --setting every=train.gp_every=1 --setting lazy4=train.gp_every=4
+        --setting every=loss.gp_every=1 --setting lazy4=loss.gp_every=4
 
 Each ``--setting NAME=key=value[,key=value...]`` is a set of config overrides applied to the
-method's run. Uses the demo's cached source and settings (fastmine.demo.FULL) and its
+method's run. Uses the demo's cached source and settings (fastmine.apps.demo.FULL) and its
 evaluation: the paper protocol (100 generated vs the 100 target 9s, digits features, mean of
 5 draws) at the end, FID / target share logged every 50 steps, and the training time.
 Prints a table (mean ± std over seeds) and writes OUT/compare.md, OUT/compare.json and
@@ -18,8 +18,8 @@ import argparse
 import json
 from pathlib import Path
 
-from fastmine.demo import DEMO_METHODS, run_demo
-from fastmine.report import fmt, plot_curves
+from fastmine.apps.demo import DEMO_METHODS, run_demo
+from fastmine.apps.report import fmt, plot_curves
 
 
 def parse_setting(text: str):
@@ -52,7 +52,8 @@ def main(argv=None):
         curves[name] = [r["curve"] for r in runs]
     out.mkdir(parents=True, exist_ok=True)
     plot_curves(curves, out / "compare_fid.png", title=f"{args.method}: FID over updates (mean ± std over seeds)")
-    lines = ["| setting | overrides | FID ↓ | KMMD ↓ | MV | target share ↑ | FID vs held-out 9s ↓ | train s | per-seed FID |",
+    lines = ["| setting | overrides | FID ↓ | KMMD ↓ | MV | target share ↑ | FID vs held-out 9s ↓ | train s "
+             "| per-seed FID |",
              "|---|---|---:|---:|---:|---:|---:|---:|---|"]
     for name, s in summary.items():
         rows = s["runs"]

@@ -27,10 +27,12 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from safetensors.torch import save_file
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT))  # runs from a checkout without installing fastmine
 
+from fastmine.data import load_digits  # noqa: E402
 from fastmine.metrics.features import DIGITS_WEIGHTS_PATH, DigitsFeatureNet  # noqa: E402
 
 SIZES = (8, 16, 32)
@@ -39,8 +41,6 @@ SIZES = (8, 16, 32)
 def load_digits_split(size: int = 8):
     """(x_train, y_train, x_test, y_test): float32 [N,1,size,size] in [-1,1], int64."""
     # the library's fixed stratified 75/25 split (random_state=0), the one the shipped net used
-    from fastmine.data import load_digits
-
     x_train, y_train = load_digits(size=size, split="train", return_labels=True)
     x_test, y_test = load_digits(size=size, split="test", return_labels=True)
     return x_train, y_train, x_test, y_test
@@ -152,8 +152,6 @@ def main(argv=None):
         "torch_version": torch.__version__,
         "train_seconds": round(time.time() - t0, 1),
     }
-    from safetensors.torch import save_file
-
     args.out.parent.mkdir(parents=True, exist_ok=True)
     tmp = args.out.with_suffix(".tmp")
     save_file(state, str(tmp), metadata={k: json.dumps(v) for k, v in meta.items()})

@@ -1,3 +1,4 @@
+import contextlib
 import os
 
 # Triton's interpreter must be chosen before triton is first imported: with no CUDA device
@@ -15,6 +16,18 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 import pytest
 
 
+@contextlib.contextmanager
+def single_thread():
+    """Tiny networks run faster on one thread than on two competing ones (measured), and far
+    faster when other processes share the two cores."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="session")
 def digits_source(tmp_path_factory):
     """A small WGAN-GP source trained on digits 0-8 at 8 px, shared by the tests that mine it."""
@@ -23,9 +36,10 @@ def digits_source(tmp_path_factory):
 
     run_dir = tmp_path_factory.mktemp("source") / "run"
     data = fm.load_digits(labels=range(9), size=8)
-    result = fm.train(None, data, method="scratch", steps=400, lr=2e-4, critic_lr=2e-4, betas=[0.5, 0.9],
-                      run_dir=run_dir, progress=False, checkpoint_every=10_000, sample_every=10_000,
-                      model_cfg=ModelConfig(latent_dim=32, width=32))
+    with single_thread():
+        result = fm.train(None, data, method="scratch", steps=400, lr=2e-4, critic_lr=2e-4, betas=[0.5, 0.9],
+                          run_dir=run_dir, progress=False, checkpoint_every=10_000, sample_every=10_000,
+                          model_cfg=ModelConfig(latent_dim=32, width=32))
     return result.model_path
 
 
@@ -40,8 +54,5 @@ def kernel_device():
 
 @pytest.fixture
 def one_thread():
-    """Tiny networks run faster on one thread than on two competing ones (measured)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+    with single_thread():
+        yield

@@ -7,50 +7,52 @@ candidates against gathered scores) stays far below 1e-9, so a real difference i
 math — a missing term, another ε, an optimizer that skips a parameter — shows up.
 """
 import json
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
+from torch._dynamo.utils import counters
 
-from fastmine_benchmarks import bench_step
+from fastmine.config import ConfigError
+from fastmine.losses import gradient_penalty
+from fastmine.nets import DCGANCritic
+from fastmine_benchmarks import bench_multi, common, step_configs, step_profile, step_replay, step_timing
 from fastmine_benchmarks.reference import reference_gradient_penalty
 
 TINY = {"image_size": 16, "width": 8}
+SCHEMA = {"device", "versions", "date", "config", "results"}
 
 
 @pytest.mark.parametrize("name, variant", [
     ("single-b64", []),
-    ("single-b64", ["train.channels_last=false"]),  # the CPU's default is channels_last
-    ("single-b64", ["train.fused_adam=true"]),
+    ("single-b64", ["perf.channels_last=false"]),  # the CPU's default is channels_last
+    ("single-b64", ["perf.fused_adam=true"]),
     # compiled sampler and critic loss passes; the penalty's double backward stays eager
-    ("single-b64", ["train.compile=first_order"]),
+    ("single-b64", ["perf.compile=first_order"]),
     # a generator none of whose candidates is chosen gets a zero gradient, so Adam still
     # moves its miner on momentum, as the loss over every candidate does (it did not: found here)
     ("multi-n4", []),
-    ("multi-n4", ["train.selector_rule=max"]),
-    ("multi-n4", ["train.selection_path=naive"]),
+    ("multi-n4", ["multi.rule=max"]),
+    ("multi-n4", ["multi.path=naive"]),
 ])
 def test_fastmine_logs_the_references_losses_in_float64(one_thread, name, variant):
-    from torch._dynamo.utils import counters
-
     counters.clear()
-    res = bench_step.numerics_check({"name": name, **TINY}, "cpu", steps=12, dtype="float64", variant=variant)
+    res = step_replay.numerics_check({"name": name, **TINY}, "cpu", steps=12, dtype="float64", variant=variant)
     assert res["max_rel_diff"] < 1e-9, res
-    if "train.compile=first_order" in variant:  # it did compile, whole: the sampler with and without
+    if "perf.compile=first_order" in variant:  # it did compile, whole: the sampler with and without
         # grad, the critic with its weights trainable and frozen
         assert counters["stats"]["unique_graphs"] >= 4 and not counters["graph_break"], dict(counters)
 
 
 def test_float32_runs_agree_closely(one_thread):
-    res = bench_step.numerics_check({"name": "multi-n4", **TINY}, "cpu", steps=8, dtype="float32")
+    res = step_replay.numerics_check({"name": "multi-n4", **TINY}, "cpu", steps=8, dtype="float32")
     assert res["max_rel_diff"] < 1e-2, res
 
 
 def test_reference_penalty_matches_fastmine_and_a_finite_difference():
-    from fastmine.losses import gradient_penalty
-    from fastmine.nets import DCGANCritic
-
     torch.manual_seed(0)
     critic = DCGANCritic(image_size=8, channels=1, width=4).double()
     real, fake = torch.randn(5, 1, 8, 8, dtype=torch.float64), torch.randn(5, 1, 8, 8, dtype=torch.float64)
@@ -70,64 +72,83 @@ def test_reference_penalty_matches_fastmine_and_a_finite_difference():
 
 
 def test_bf16_autocast_follows_the_fp32_curves(one_thread):
-    res = bench_step.bf16_check({"name": "single-b64", **TINY}, "cpu", steps=30, window=10)
+    res = step_replay.bf16_check({"name": "single-b64", **TINY}, "cpu", steps=30, window=10)
     assert res["max_rel_l2"] < 0.1, res
-
-
-def test_unknown_amp_setting_is_refused():
-    with pytest.raises(ValueError, match="train.amp must be one of none, bf16"):
-        bench_step.build_fastmine({"name": "single-b64", **TINY}, "cpu", ["train.amp=fp8"])
-
-
-def test_channels_last_defaults_to_the_cpu_and_refuses_other_values():
-    assert bench_step.build_fastmine({"name": "single-b64", **TINY}, "cpu").channels_last
-    assert not bench_step.build_fastmine({"name": "single-b64", **TINY}, "cpu", ["train.channels_last=false"]).channels_last
-    with pytest.raises(ValueError, match="train.channels_last must be true, false or null"):
-        bench_step.build_fastmine({"name": "single-b64", **TINY}, "cpu", ["train.channels_last=auto"])
-
-
-def test_a_trained_sampler_comes_back_in_the_default_layout(one_thread):
-    # the CPU trains channels_last; what the user gets back must not be: `sample.view(n, -1)`
-    # fails on an NHWC tensor (3 channels here: with one, NHWC and NCHW strides coincide)
-    trainer = bench_step.build_fastmine({"name": "single-b64", **TINY}, "cpu", ["train.steps=1", "train.progress=false"])
-    weights = lambda: [p for m in (trainer.sampler, trainer.critic) for p in m.parameters() if p.dim() == 4]
-    assert not any(p.is_contiguous() for p in weights())  # trained NHWC
-    trainer.fit()
-    assert all(p.is_contiguous() for p in weights())
-    with torch.no_grad():
-        assert trainer.sampler(trainer.sampler.draw_seeds(4)).view(4, -1).shape == (4, 3 * 16 * 16)
-
-
-def test_compile_is_refused_where_it_cannot_apply():
-    with pytest.raises(ValueError, match="train.compile must be one of none, sampler, first_order"):
-        bench_step.build_fastmine({"name": "single-b64", **TINY}, "cpu", ["train.compile=true"])
-    with pytest.raises(ValueError, match="multi-generator sampler picks candidates"):
-        bench_step.build_fastmine({"name": "multi-n4", **TINY}, "cpu", ["train.compile=sampler"])
 
 
 def test_count_work_counts_flops_and_bytes_of_a_known_step():
     lin = torch.nn.Linear(16, 8)
     x = torch.randn(32, 16)
     # forward 2·B·in·out; backward the same for the weight gradient, and again for the input's
-    assert bench_step.count_work(lambda: lin(x).sum().backward())["flops_per_update"] == 2 * 2 * 32 * 16 * 8
+    assert step_profile.count_work(lambda: lin(x).sum().backward())["flops_per_update"] == 2 * 2 * 32 * 16 * 8
     x.requires_grad_(True)
-    assert bench_step.count_work(lambda: lin(x).sum().backward())["flops_per_update"] == 3 * 2 * 32 * 16 * 8
+    assert step_profile.count_work(lambda: lin(x).sum().backward())["flops_per_update"] == 3 * 2 * 32 * 16 * 8
     a, b, c = torch.randn(1000), torch.randn(1000), torch.randn(1)
-    assert bench_step.count_work(lambda: a + b)["bytes_per_update"] == 3 * 4000
+    assert step_profile.count_work(lambda: a + b)["bytes_per_update"] == 3 * 4000
     # a broadcast operand is read from its storage (4 bytes), a view moves nothing
-    assert bench_step.count_work(lambda: a + c.expand(1000))["bytes_per_update"] == 4000 + 4 + 4000
-    assert bench_step.count_work(lambda: a.view(10, 100))["bytes_per_update"] == 0
+    assert step_profile.count_work(lambda: a + c.expand(1000))["bytes_per_update"] == 4000 + 4 + 4000
+    assert step_profile.count_work(lambda: a.view(10, 100))["bytes_per_update"] == 0
 
 
 def test_both_sides_do_the_same_convolutions_on_the_cpu(one_thread):
-    trainer = bench_step.build_fastmine({"name": "single-b64", **TINY}, "cpu")
-    ref = bench_step.build_reference(bench_step.build_fastmine({"name": "single-b64", **TINY}, "cpu"))
+    trainer = step_configs.build_fastmine({"name": "single-b64", **TINY}, "cpu")
+    ref = step_configs.build_reference(step_configs.build_fastmine({"name": "single-b64", **TINY}, "cpu"))
     # the reference keeps the default memory format when fastmine runs channels_last (the CPU's default)
     conv = next(p for p in trainer.critic.parameters() if p.dim() == 4)
     assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
     assert all(p.is_contiguous() for m in (*ref.samplers, ref.critic) for p in m.parameters())
-    ours, theirs = bench_step.count_work(bench_step._stepper("fastmine", trainer)), bench_step.count_work(ref.step)
+    ours = step_profile.count_work(step_timing.stepper("fastmine", trainer))
+    theirs = step_profile.count_work(ref.step)
     assert ours["flops_per_update"] == theirs["flops_per_update"] > 0
+
+
+@pytest.mark.parametrize("name, method", [("fuse-n2", "fuse"), ("conditional-b64", "pretrain_conditional")])
+def test_builtin_fusion_and_conditional_configs_build_through_the_builder(name, method):
+    spec = {"name": name, **TINY}
+    trainer = step_configs.build_fastmine(spec, "cpu")
+    assert trainer.cfg.method == method and trainer.run_dir is None  # runs.prepare(write=False): no run folder
+    assert [g.name for g in trainer.groups] == ["generator"]  # what trains: a generator, no miner
+    assert not step_configs.has_reference(spec)
+    with pytest.raises(ValueError, match="the eager reference mines"):
+        step_configs.build_reference(trainer)
+
+
+def test_a_users_conditional_pretraining_config_gets_its_commands_defaults_and_no_reference():
+    spec = {"label": "c", "config": None,
+            "overrides": ["method=pretrain_conditional", "data.size=8", "data.limit=64", "model.width=8"]}
+    step_configs.check_spec(spec, "cpu")
+    assert not step_configs.has_reference(spec)
+    cfg = step_configs.build_fastmine(spec, "cpu").cfg
+    assert cfg.data.labels == list(range(9))  # `fastmine pretrain`'s data, not `fastmine mine`'s nines
+
+
+def test_variants_of_builtin_configs_take_the_new_sections_only():
+    spec = {"name": "single-b64", **TINY}
+    cfg = step_configs.builtin_config(spec, "cpu", ["loss.gp_every=4", "perf.channels_last=false"])
+    assert cfg.loss.gp_every == 4 and cfg.perf.channels_last is False
+    with pytest.raises(ConfigError, match="'train.gp_every' is now 'loss.gp_every'"):
+        step_configs.check_spec(spec, "cpu", [["train.gp_every=4"]])
+    with pytest.raises(ValueError, match="variants of the built-in configurations set keys of"):
+        step_configs.check_spec(spec, "cpu", [["data.size=8"]])
+    with pytest.raises(ConfigError, match="perf.amp"):  # checked before any process starts
+        step_configs.check_spec(spec, "cpu", [["perf.amp=fp8"]])
+
+
+def test_result_files_share_one_layout(tmp_path):
+    path = common.write_result(tmp_path / "r.json", device=common.device_info("cpu", 1), config={"a": 1},
+                               results=[{"x": 1}])
+    doc = json.loads(path.read_text())
+    assert set(doc) == SCHEMA and doc["results"] == [{"x": 1}] and doc["config"] == {"a": 1}
+    assert doc["device"]["type"] == "cpu" and doc["versions"]["torch"] == torch.__version__
+
+
+def test_bench_multi_times_both_selection_paths(tmp_path, one_thread):
+    job = {"device": "cpu", "n": 2, "k": 8, "size": 16, "width": 8, "latent": 16, "reps": 1, "threads": 1,
+           "result_dir": str(tmp_path)}
+    for path in ("naive", "fast"):
+        bench_multi.child(dict(job, path=path))
+        res = json.loads((tmp_path / "rank0.json").read_text())
+        assert res["median_s"] > 0 and res["peak_bytes"] >= 0
 
 
 def _bench(args, tmp_path):
@@ -139,17 +160,18 @@ def _bench(args, tmp_path):
 
 def test_bench_command_writes_a_row_per_config_and_variant(tmp_path):
     proc, res = _bench(["--configs", "multi-n4", "--image-size", "16", "--width", "8", "--warmup", "1", "--steps", "1",
-                        "--reps", "1", "--device", "cpu", "--variant", "train.gp_every=4", "--profile"], tmp_path)
+                        "--reps", "1", "--device", "cpu", "--variant", "loss.gp_every=4", "--profile"], tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    rows = res["rows"]
-    assert [(r["config"], r["variant"]) for r in rows] == [("multi-n4", "default"), ("multi-n4", "train.gp_every=4")]
+    assert set(res) == SCHEMA
+    rows = res["results"]
+    assert [(r["config"], r["variant"]) for r in rows] == [("multi-n4", "default"), ("multi-n4", "loss.gp_every=4")]
     for r in rows:
         assert r["reference_ms"] > 0 and r["fastmine_ms"] > 0
         # one rep: the paired speed-up is the one block ratio (blocks are stored to 0.01 ms)
         assert r["speedup"] == pytest.approx(r["reference_ms"] / r["fastmine_ms"], rel=1e-3)
         assert r["reference_peak_bytes"] > 0 and r["fastmine_peak_bytes"] > 0
     assert rows[0]["numerics"]["float64"]["max_rel_diff"] < 1e-9
-    assert res["meta"]["device"] == "cpu" and res["meta"]["sizes"]
+    assert res["device"]["type"] == "cpu" and res["config"]["sizes"]
     assert "| multi-n4 | default |" in proc.stdout
     prof = rows[0]["profile"]
     assert prof["device"]["matmul_tflops"] > 0 and prof["device"]["copy_gbps"] > 0
@@ -166,6 +188,19 @@ def test_bench_command_writes_a_row_per_config_and_variant(tmp_path):
     assert "### multi-n4" in proc.stdout
 
 
+def test_bench_times_fusion_and_conditional_pretraining_alone(tmp_path):
+    proc, res = _bench(["--configs", "fuse-n2", "conditional-b64", "--image-size", "16", "--width", "8",
+                        "--warmup", "1", "--steps", "1", "--reps", "1", "--device", "cpu"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = res["results"]
+    assert [r["config"] for r in rows] == ["fuse-n2", "conditional-b64"]
+    for r in rows:
+        assert not r["reference"] and "error" not in r and "numerics" not in r
+        assert r["fastmine_ms"] > 0 and r["fastmine_peak_bytes"] > 0
+        assert r["reference_ms"] != r["reference_ms"]  # NaN: no reference side
+    assert proc.stdout.count("no eager reference: fastmine timed alone") == 2
+
+
 def test_bench_takes_a_users_mining_config(tmp_path, digits_source):
     cfg = tmp_path / "mine.yaml"
     cfg.write_text(f"method: minegan_noft\nsource: {{generator: {digits_source}}}\n"
@@ -173,7 +208,7 @@ def test_bench_takes_a_users_mining_config(tmp_path, digits_source):
     proc, res = _bench([str(cfg), "train.n_critic=2", "--warmup", "1", "--steps", "1", "--reps", "1",
                         "--device", "cpu"], tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    (row,) = res["rows"]
+    (row,) = res["results"]
     assert row["config"] == "mine" and row["numerics"]["float64"]["max_rel_diff"] < 1e-9
     assert not (tmp_path / "runs").exists()  # benchmarking writes no run folder
 
@@ -181,4 +216,20 @@ def test_bench_takes_a_users_mining_config(tmp_path, digits_source):
 def test_bench_refuses_a_method_that_trains_the_generator(tmp_path, digits_source):
     proc, res = _bench(["method=transfergan", f"source.generator={digits_source}", "--device", "cpu"], tmp_path)
     assert proc.returncode == 2 and res is None
-    assert "times mining steps" in proc.stderr and "transfergan" in proc.stderr
+    assert "trains the generator" in proc.stderr and "transfergan" in proc.stderr
+
+
+def test_bench_refuses_an_old_config_key_before_running_anything(tmp_path):
+    proc, res = _bench(["--configs", "single-b64", "--variant", "train.gp_every=4", "--device", "cpu"], tmp_path)
+    assert proc.returncode == 2 and res is None
+    assert "'train.gp_every' is now 'loss.gp_every'" in proc.stderr
+
+
+def test_every_stored_result_file_has_the_shared_layout():
+    results = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
+    files = sorted(results.glob("*.json"))
+    assert files
+    for path in files:
+        doc = json.loads(path.read_text())
+        assert list(doc) == ["device", "versions", "date", "config", "results"], path.name
+        assert doc["results"] and re.fullmatch(r"\d{4}-\d{2}-\d{2}", doc["date"]), path.name

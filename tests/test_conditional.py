@@ -3,12 +3,16 @@ import pytest
 import torch
 
 import fastmine as fm
-from fastmine.conditional import (BigGANAdapterModule, FACTORY_BIGGAN, conditional_adapter, conditional_dcgan,
-                                  load_biggan, pretrain_conditional)
+from fastmine.conditional import (
+    FACTORY_BIGGAN,
+    BigGANAdapterModule,
+    conditional_adapter,
+    conditional_dcgan,
+    load_biggan,
+)
 from fastmine.config import ModelConfig
 from fastmine.miner import Miner
-from fastmine.models import Sampler
-
+from fastmine.samplers import Sampler
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -43,11 +47,14 @@ def test_conditional_mining_trains_both_heads():
 
 def test_conditional_digits_recipe_writes_a_mineable_generator(tmp_path):
     images, labels = fm.load_digits(labels=[0, 1], size=8, limit=60, return_labels=True)
-    adapter, result = pretrain_conditional(images, labels, num_classes=2, latent_dim=8, embed_dim=4, width=8,
-                                           steps=3, batch_size=16, run_dir=tmp_path / "cond", progress=False,
-                                           checkpoint_every=1000, sample_every=1000, log_every=3)
+    result = fm.pretrain_conditional(images, labels, num_classes=2, latent_dim=8, embed_dim=4, width=8, steps=3,
+                                     batch_size=16, run_dir=tmp_path / "cond", progress=False, checkpoint_every=1000,
+                                     sample_every=1000, log_every=3)
+    assert isinstance(result, fm.Result) and result.model_path == tmp_path / "cond" / "model.safetensors"
     assert (tmp_path / "cond" / "metrics.jsonl").is_file()
-    loaded = fm.load_generator(str(tmp_path / "cond" / "model.safetensors"))
+    adapter = result.sampler.generator
+    assert result.sampler.miner is None and adapter.frozen
+    loaded = fm.load_generator(str(result.model_path))
     assert list(loaded.latent_spec) == ["z", "class_embedding"]
     e = loaded.module.embed(torch.tensor([0, 1]))
     with torch.no_grad():
@@ -55,9 +62,24 @@ def test_conditional_digits_recipe_writes_a_mineable_generator(tmp_path):
         b = adapter({"z": torch.zeros(2, 8), "class_embedding": adapter.module.embed(torch.tensor([0, 1]))})
     assert a.shape == (2, 1, 8, 8) and torch.allclose(a, b, atol=1e-6)
 
+    # the returned generator mines as it is: one seed, heads M^z and M^c, an unconditional critic
+    frozen = {k: v.clone() for k, v in adapter.module.state_dict().items()}
+    miner = Miner(adapter.latent_spec)
+    before = _heads(miner)
+    mined = fm.mine(adapter, images[labels == 1], miner=miner, steps=3, batch_size=16, progress=False,
+                    model_cfg=ModelConfig(width=8))
+    after = _heads(mined.sampler.miner)
+    assert set(after) == {"z", "class_embedding"}
+    for name in before:
+        assert any(not torch.equal(p, q) for p, q in zip(before[name], after[name])), f"head {name} did not train"
+    for k, v in mined.sampler.generator.module.state_dict().items():
+        assert torch.equal(v, frozen[k]), k
+    assert mined.sampler.sample(4, seed=0).shape == (4, 1, 8, 8)
+
 
 TINY_BIGGAN = {"output_dim": 16, "z_dim": 8, "class_embed_dim": 8, "channel_width": 4, "num_classes": 10,
-               "layers": [[True, 16, 8], [False, 8, 4], [True, 4, 2], [False, 2, 1]], "attention_layer_position": 2, "eps": 1e-4, "n_stats": 51}
+               "layers": [[True, 16, 8], [False, 8, 4], [True, 4, 2], [False, 2, 1]], "attention_layer_position": 2,
+               "eps": 1e-4, "n_stats": 51}
 
 
 def test_biggan_adapter_gradients_reach_both_heads(tmp_path):

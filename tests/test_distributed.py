@@ -5,7 +5,7 @@ ARGS``) with the environment torchrun would set (RANK, WORLD_SIZE, MASTER_ADDR=1
 so every process goes through the same :func:`fastmine.distributed.setup` as a real launch.
 
 Same global batch: each rank draws ``batch_size`` samples per step from its random
-stream(s); the 1-process reference uses ``batch_size = 2 * b`` and ``train.streams = 2``, so
+stream(s); the 1-process reference uses ``batch_size = 2 * b`` and ``dist.streams = 2``, so
 it draws stream 0 and stream 1 (b each) and concatenates them: exactly the union of what
 rank 0 and rank 1 draw (fastmine.distributed, "Random streams").
 """
@@ -77,14 +77,14 @@ def mine_run(run_dir, batch_size, steps=STEPS, accelerator=None, shard="none", r
     from fastmine.config import ModelConfig
 
     adapter, target = make_problem()
-    return fm.mine(adapter, target, model_cfg=ModelConfig(width=8), callbacks=callbacks, steps=steps, batch_size=batch_size, n_critic=2, streams=2, log_every=1,
-                   progress=False, sample_every=10_000, checkpoint_every=checkpoint_every, device="cpu", seed=3,
-                   run_dir=run_dir, resume=resume, accelerator=accelerator,
-                   dist_cfg={"shard": shard, "deepspeed_config": ds_config})
+    return fm.mine(adapter, target, model_cfg=ModelConfig(width=8), callbacks=callbacks, steps=steps,
+                   batch_size=batch_size, n_critic=2, log_every=1, progress=False, sample_every=10_000,
+                   checkpoint_every=checkpoint_every, device="cpu", seed=3, run_dir=run_dir, resume=resume,
+                   accelerator=accelerator, dist_cfg={"streams": 2, "shard": shard, "deepspeed_config": ds_config})
 
 
 def read_metrics(run_dir):
-    return [json.loads(l) for l in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
+    return [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
 
 
 def trained_state(result):
@@ -195,15 +195,18 @@ def two_process_runs(tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_data_parallel_matches_one_process(reference, two_process_runs):
     ref_metrics, ref_state, _ = reference
     out = two_process_runs / "none"
     assert len(read_metrics(out)) == STEPS  # rank 0 alone writes metrics (one line per step)
     assert_same_run(read_metrics(out), ref_metrics, torch.load(out / "trained.pt"), ref_state)
     # the weights moved: equality is not two untrained copies
-    assert not torch.allclose(ref_state["critic.blocks.0.0.weight"], torch.load(out / "trained.pt")["critic.blocks.0.0.weight"] * 0)
+    first_layer = "critic.blocks.0.0.weight"
+    assert not torch.allclose(ref_state[first_layer], torch.load(out / "trained.pt")[first_layer] * 0)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["fsdp2", "zero3"])
 def test_sharded_generator_matches_unsharded(reference, two_process_runs, mode):
     if mode == "zero3" and not has_deepspeed():
@@ -229,6 +232,7 @@ def _check_shard_reports(folder, mode, ref_result):
     assert sum(r["local_params"] for r in reports) >= full  # nothing dropped (padding may add a little)
 
 
+@pytest.mark.slow
 def test_resume_across_world_sizes_and_export(tmp_path):
     """2 (fsdp2) -> 1 and 1 -> 2 (fsdp2) resumes reach the uninterrupted run's weights."""
     import fastmine as fm
@@ -268,6 +272,7 @@ def test_resume_across_world_sizes_and_export(tmp_path):
     assert loaded.sample(5, seed=0).shape == (5, 1, 8, 8)
 
 
+@pytest.mark.slow
 def test_collective_timeout_from_config():
     outs = run_ranks("timeout", {"timeout_s": 3}, timeout=120)
     assert "RAISED after" in outs[0], outs[0][-2000:]

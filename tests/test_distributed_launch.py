@@ -49,13 +49,13 @@ def source(tmp_path_factory):
 def mine_args(source, out, name, steps, batch_size, **extra):
     args = {"source.generator": source, "data.size": 8, "data.limit": 64, "out_dir": out, "name": name,
             "device": "cpu", "model.width": 8, "train.steps": steps, "train.batch_size": batch_size,
-            "train.n_critic": 1, "train.streams": 2, "train.progress": "false", "train.log_every": 1,
-            "train.checkpoint_every": 3, "train.sample_every": 100_000, "dist.timeout_s": 60} | extra
+            "train.n_critic": 1, "dist.streams": 2, "log.progress": "false", "log.log_every": 1,
+            "log.checkpoint_every": 3, "log.sample_every": 100_000, "dist.timeout_s": 60} | extra
     return [f"{k}={v}" for k, v in args.items()]
 
 
 def metrics(run_dir):
-    return [json.loads(l) for l in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
+    return [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
 
 
 def check_same_losses(a, b):
@@ -74,6 +74,7 @@ def single_process_run(source, tmp_path_factory):
     return out / "one"
 
 
+@pytest.mark.slow
 def test_torchrun_one_node_two_processes_sharded(source, single_process_run, tmp_path):
     port = free_port()
     cmd = [*TORCHRUN, "--nnodes=1", "--nproc-per-node=2", "--master-addr=127.0.0.1", f"--master-port={port}",
@@ -87,6 +88,7 @@ def test_torchrun_one_node_two_processes_sharded(source, single_process_run, tmp
     assert sampler.sample(3, seed=0).shape == (3, 1, 8, 8)
 
 
+@pytest.mark.slow
 def test_torchrun_two_nodes_on_loopback(source, single_process_run, tmp_path):
     port = free_port()
     procs = []
@@ -126,6 +128,7 @@ def _worker_pids(agent_pid):
     return found
 
 
+@pytest.mark.slow
 def test_killed_rank_ends_the_job_and_resume_completes(source, tmp_path):
     port = free_port()
     launch = [*TORCHRUN, "--nnodes=1", "--nproc-per-node=2", "--master-addr=127.0.0.1", f"--master-port={port}",
@@ -193,16 +196,18 @@ def test_shipped_configs_are_valid():
     from fastmine.config import load_config
 
     cfg = load_config(ROOT / "launch" / "configs" / "mine_1b.yaml")
-    assert cfg.dist.shard == "fsdp2" and cfg.train.streams == 2
+    assert cfg.dist.shard == "fsdp2" and cfg.dist.streams == 2
+    assert (cfg.log.checkpoint_every, cfg.log.sample_every) == (100, 100_000)
 
 
+@pytest.mark.slow
 def test_mine_multi_with_two_processes_all_reduces_the_selector(source, tmp_path):
     """Two ranks mine two generators: every minibatch's win counts in the selector window
     cover both ranks' supersamples (K per rank x 2 ranks), and rank 0 alone writes the run."""
     from safetensors.torch import load_file
 
-    args = mine_args(source, tmp_path, "multi", steps=3, batch_size=4, **{"train.selector_window": 50})
-    args = [a for a in args if not a.startswith(("source.generator=", "train.streams="))]
+    args = mine_args(source, tmp_path, "multi", steps=3, batch_size=4, **{"multi.window": 50})
+    args = [a for a in args if not a.startswith(("source.generator=", "dist.streams="))]
     cmd = [*TORCHRUN, "--nproc-per-node=2", "--master-addr=127.0.0.1", f"--master-port={free_port()}",
            "-m", "fastmine.cli", "mine-multi", f"source.generators=[{source},{source}]", *args]
     out = subprocess.run(cmd, env=env(), cwd=ROOT, capture_output=True, text=True, timeout=300)

@@ -1,11 +1,15 @@
 """Bad input: a clear error naming the problem and the fix, and nothing changed on disk."""
 
+import re
+
 import pytest
 import torch
+import toy_models
 from torch import nn
 
 import fastmine as fm
-from fastmine.cli import COMMAND_DEFAULTS, main
+from fastmine.apps.presets import COMMAND_DEFAULTS
+from fastmine.cli import main
 from fastmine.config import ConfigError, load_config
 
 
@@ -41,6 +45,11 @@ def test_pickled_checkpoint_needs_explicit_opt_in(tmp_path):
     with pytest.warns(UserWarning, match="ran code from the file"):
         G = fm.load_generator(path, latent_spec={"z": ((2,), "normal")}, allow_pickle=True)
     assert G(torch.zeros(3, 2)).shape == (3, 2)
+
+
+def test_undeclared_latent_spec_names_the_argument():
+    with pytest.raises(ValueError, match=r"load_generator\(\.\.\., latent_spec=\{'z': \(\(128,\), 'normal'\)\}\)"):
+        fm.load_generator("toy_models:make_generator")  # a plain module: no latent_spec, no latent_dim
 
 
 def test_latent_size_mismatch(digits_source):
@@ -100,9 +109,37 @@ def test_unknown_config_key_lists_valid_keys(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.yaml"]
 
 
+def test_moved_config_key_names_its_section():
+    with pytest.raises(ConfigError, match="the config has sections now: 'train.gp_weight' is now 'loss.gp_weight'"):
+        load_config(None, ["train.gp_weight=5"])
+    with pytest.raises(ConfigError, match="'train.streams' is now 'dist.streams'"):
+        load_config(None, ["train.streams=2"])
+
+
+def test_unknown_setting_lists_the_valid_settings():
+    target = torch.zeros(8, 2)
+    with pytest.raises(ConfigError) as e:
+        fm.mine(toy_models.make_generator(), target, no_such_setting=1)
+    msg = str(e.value)
+    assert "unknown setting 'no_such_setting'" in msg
+    for valid in ("seed, device", "gp_weight", "log_every", "seed_dist", "streams", "train_cfg", "miner_cfg"):
+        assert valid in msg, valid
+    with pytest.raises(ConfigError, match=r"'path' is ambiguous: it is a key of data and multi; .*data_cfg=\{'path'"):
+        fm.mine_multi([toy_models.make_generator()] * 2, target, path="naive")
+
+
+@pytest.mark.parametrize("method, entry", [("minegan_multi", "fastmine.mine_multi"), ("fuse", "fastmine.fuse"),
+                                           ("pretrain_conditional", "fastmine.pretrain_conditional")])
+def test_train_names_the_entry_point_of_other_kinds(method, entry):
+    G = fm.load_generator("toy_models:make_generator", latent_spec={"z": ((2,), "normal")})
+    expected = f"method {method!r} is not a single-generator method: call {entry}("
+    with pytest.raises(ValueError, match=re.escape(expected)):
+        fm.train(G, torch.zeros(8, 2), method=method)
+
+
 def test_existing_run_folder_is_not_overwritten(digits_source, tmp_path):
     args = ["mine", f"source.generator={digits_source}", f"out_dir={tmp_path}", "name=r", "data.size=8",
-            "data.limit=20", "train.steps=2", "train.progress=false"]
+            "data.limit=20", "train.steps=2", "log.progress=false"]
     assert main(args) == 0
     before = _snapshot(tmp_path)
     assert main(args) == 2  # no --resume: refuse, touch nothing

@@ -6,8 +6,9 @@ import re
 import pytest
 from PIL import Image
 
+from fastmine.apps.demo import DEMO_METHODS, LABELS, QUICK
+from fastmine.apps.report import orderings
 from fastmine.cli import main
-from fastmine.demo import DEMO_METHODS, LABELS, QUICK
 
 GRID_PX = (8 * (16 + 1) + 1) * 4  # 64 samples of 16 px: 8x8 cells, 1 px padding, shown 4x
 
@@ -53,7 +54,9 @@ def test_demo_quick_report_has_a_finite_row_per_method(quick_demo):
         assert values[0] > 0 and 0 <= values[3] <= 1, (label, values)
     report = (out / "report.md").read_text()
     assert "80 digit-9 images of the dataset that are **not** in the target set" in report  # the held-out table
-    assert report.count("- MineGAN < TransferGAN:") == 2  # orderings against both references
+    # a quick run says its numbers mean nothing and judges no ordering
+    assert "its numbers mean nothing" in report and "Not judged in a `--quick` run." in report
+    assert "- MineGAN < TransferGAN:" not in report
 
 
 def test_demo_quick_pictures_open_at_the_expected_size(quick_demo):
@@ -72,7 +75,7 @@ def test_demo_quick_pictures_open_at_the_expected_size(quick_demo):
 def test_demo_runs_log_fid_every_k_steps(quick_demo):
     out, _ = quick_demo
     for method in DEMO_METHODS:
-        rows = [json.loads(l) for l in (out / "seed0" / method / "metrics.jsonl").read_text().splitlines()]
+        rows = [json.loads(line) for line in (out / "seed0" / method / "metrics.jsonl").read_text().splitlines()]
         logged = [r["step"] for r in rows if "fid" in r]
         assert logged == list(range(QUICK.eval_every, QUICK.steps + 1, QUICK.eval_every)), method
         assert all(math.isfinite(r["fid"]) and 0 <= r["target_share"] <= 1 for r in rows if "fid" in r)
@@ -83,7 +86,7 @@ def test_eval_on_a_tiny_run_writes_the_table_and_a_curve_from_checkpoints(quick_
     (source,) = (cache / "sources").glob("digits0-8-*.safetensors")
     # a run with no logged FID: the curve must come from the checkpoints left on disk
     assert main(["mine", f"source.generator={source}", f"out_dir={tmp_path}", "name=tiny", "train.steps=4",
-                 "train.log_every=2", "train.checkpoint_every=2", "train.keep_checkpoints=3", "train.progress=false",
+                 "log.log_every=2", "log.checkpoint_every=2", "log.keep_checkpoints=3", "log.progress=false",
                  "device=cpu"]) == 0
     run = tmp_path / "tiny"
     assert main(["eval", str(run), "--repeats", "1"]) == 0
@@ -102,3 +105,12 @@ def test_eval_with_inception_and_no_weights_says_where_to_put_them(quick_demo, c
     assert code == 2
     err = capsys.readouterr().err
     assert "cannot download" in err and "weights-inception-2015-12-05" in err
+
+
+def test_orderings_judge_means_and_spread():
+    runs = {"minegan": [{"metrics": {"fid": 10.0}}, {"metrics": {"fid": 12.0}}],
+            "transfergan": [{"metrics": {"fid": 30.0}}, {"metrics": {"fid": 34.0}}],
+            "scratch": [{"metrics": {"fid": 31.0}}, {"metrics": {"fid": 33.0}}]}
+    lines = orderings(runs, LABELS)
+    assert lines == ["- MineGAN < TransferGAN: holds — 11.00 vs 32.00 (outside one std of each other)",
+                     "- TransferGAN < from scratch: does **not** hold — 32.00 vs 32.00 (within one std)"]

@@ -4,10 +4,10 @@ import torch
 
 import fastmine as fm
 from fastmine.config import ModelConfig
-from fastmine.fusion import FusedSampler, PseudoRealData, attach_labels, fuse, load_fused_sampler, region_means
-from fastmine.models import GeneratorAdapter, Sampler, save_sampler
+from fastmine.files import load_any, load_fused_sampler, save_sampler
+from fastmine.fusion import FusedSampler, PseudoRealData, attach_labels, region_means
 from fastmine.nets import MLPGenerator, build_generator
-
+from fastmine.samplers import GeneratorAdapter, Sampler
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -22,10 +22,11 @@ def vector_source(shift, seed):
     return GeneratorAdapter(g, {"z": ((2,), "normal")})
 
 
+@pytest.mark.slow
 def test_each_region_reproduces_its_source():
     sources = [vector_source([-2.0, 0.0], 1), vector_source([2.0, 1.0], 2)]
-    result = fuse(sources, steps=800, lr=5e-4, critic_lr=5e-4, betas=[0.0, 0.9], batch_size=256, progress=False,
-                  log_every=800, device="cpu", model_cfg=ModelConfig(width=64, depth=3), seed=0)
+    result = fm.fuse(sources, steps=800, lr=5e-4, critic_lr=5e-4, betas=[0.0, 0.9], batch_size=256, progress=False,
+                     log_every=800, device="cpu", model_cfg=ModelConfig(width=64, depth=3), seed=0)
     fused = result.sampler
     assert isinstance(fused, FusedSampler) and not fused.label_channels
     gen = torch.Generator().manual_seed(5)
@@ -76,15 +77,13 @@ def test_cli_fuse_writes_a_generator_that_mines_like_any_other(tmp_path):
         save_sampler(files[-1], Sampler(GeneratorAdapter(build_generator(arch), {"z": ((8,), "normal")},
                                                          build={"arch": arch})))
     rc = main(["fuse", f"source.generators=[{files[0]},{files[1]}]", f"out_dir={tmp_path}", "name=fused",
-               "train.steps=3", "train.batch_size=16", "train.progress=false", "model.width=8", "train.log_every=3"])
+               "train.steps=3", "train.batch_size=16", "log.progress=false", "model.width=8", "log.log_every=3"])
     assert rc == 0
     path = tmp_path / "fused" / "model.safetensors"
     sampler = load_fused_sampler(path)
     assert sampler.sample(6).shape == (6, 1, 8, 8)
     assert torch.allclose(sampler.region_means, region_means(2, 8, 4.0))
-    from fastmine.multi import load_any_sampler
-
-    assert isinstance(load_any_sampler(path), FusedSampler)
+    assert isinstance(load_any(path), FusedSampler)
     target = torch.rand(30, 1, 8, 8) * 2 - 1
     mined = fm.mine(fm.load_generator(str(path)), target, steps=2, batch_size=8, progress=False,
                     model_cfg=ModelConfig(width=8))

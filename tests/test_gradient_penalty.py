@@ -3,7 +3,9 @@ import pytest
 import torch
 from torch import nn
 
-from fastmine import check_critic_for_penalty, gradient_penalty
+import fastmine as fm
+from fastmine.config import ModelConfig
+from fastmine.losses import check_critic_for_penalty, gradient_penalty
 from fastmine.nets import DCGANCritic
 
 
@@ -77,10 +79,8 @@ def test_batchnorm_critic_is_refused_with_reason():
 
 
 def test_trainer_refuses_batchnorm_critic():
-    import fastmine as fm
-
     critic = nn.Sequential(nn.Flatten(), nn.Linear(64, 8), nn.BatchNorm1d(8), nn.Linear(8, 1), nn.Flatten(0))
     data = fm.load_digits(labels=[9], size=8)
     with pytest.raises(ValueError, match="batch norm"):
         fm.train(None, data, method="scratch", critic=critic, steps=1, progress=False,
-                 model_cfg=fm.config.ModelConfig(latent_dim=8, width=8))
+                 model_cfg=ModelConfig(latent_dim=8, width=8))

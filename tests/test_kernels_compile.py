@@ -1,4 +1,4 @@
-"""Ahead-of-time compilation of every kernel for real GPUs (DESIGN.md §4).
+"""Ahead-of-time compilation of every kernel for real GPUs.
 
 The interpreter checks numbers, not whether a kernel compiles: here each kernel is compiled
 with `triton.compile` for sm_90 and sm_80 at the signatures and block sizes the library
@@ -15,6 +15,8 @@ import textwrap
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# one subprocess compiles every kernel for two architectures: tens of seconds on 2 cores
+pytestmark = pytest.mark.slow
 
 _SCRIPT = textwrap.dedent(
     r'''

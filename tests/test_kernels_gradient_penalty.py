@@ -3,20 +3,12 @@ reference, a float64 hand computation, and a full critic step through a conv net
 
 import pytest
 import torch
-
-
-
+from torch import nn
 
 import fastmine_kernels as fk
-
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-
+from fastmine_kernels._impl import debug_fill_outputs
 
 pytestmark = pytest.mark.usefixtures("kernel_device")
-
-from fastmine_kernels._impl import debug_fill_outputs  # noqa: E402
-
-from torch import nn  # noqa: E402
 
 NAN = float("nan")
 

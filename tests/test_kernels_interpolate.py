@@ -3,17 +3,10 @@
 import pytest
 import torch
 
-
-
-
 import fastmine_kernels as fk
-
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-
+from fastmine_kernels._impl import debug_fill_outputs
 
 pytestmark = pytest.mark.usefixtures("kernel_device")
-
-from fastmine_kernels._impl import debug_fill_outputs  # noqa: E402
 
 NAN = float("nan")
 

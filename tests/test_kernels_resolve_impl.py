@@ -4,22 +4,11 @@ import os
 import pytest
 import torch
 
-
-
-
 import fastmine_kernels as fk
+from fastmine_kernels import _impl
 
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-
-
-@pytest.fixture(autouse=True)
-def _default_device():
-    # on a GPU machine the same tests run the compiled kernels on CUDA tensors
-    with torch.device(DEVICE):
-        yield
-
-
-from fastmine_kernels import _impl  # noqa: E402
+# on a GPU machine the same tests run the compiled kernels on CUDA tensors
+pytestmark = pytest.mark.usefixtures("kernel_device")
 
 
 def test_auto_on_cpu_is_torch():

@@ -4,18 +4,12 @@ against the eager reference and hand-computed expectations."""
 import pytest
 import torch
 
-
-
-
 import fastmine_kernels as fk
+from fastmine_kernels._impl import debug_fill_outputs
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
-
 pytestmark = pytest.mark.usefixtures("kernel_device")
-
-from fastmine_kernels._impl import debug_fill_outputs  # noqa: E402
-
 
 NAN = float("nan")
 
@@ -125,7 +119,8 @@ def test_bad_arguments():
     with pytest.raises(ValueError, match="'max', 'permute'"):
         fk.supersample_select(scores, "best", impl="triton")
     with pytest.raises(ValueError, match="window"):
-        fk.supersample_select(scores, window=torch.zeros(3, 2), window_pos=torch.zeros(1, dtype=torch.int64), impl="triton")
+        fk.supersample_select(scores, window=torch.zeros(3, 2), window_pos=torch.zeros(1, dtype=torch.int64),
+                              impl="triton")
     with pytest.raises(ValueError, match="candidates"):
         fk.supersample_select(scores, candidates=torch.zeros(4, 2, 5), impl="triton")
     with pytest.raises(ValueError, match="at most 64"):

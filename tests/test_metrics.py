@@ -11,14 +11,17 @@ import numpy as np
 import pytest
 import scipy.linalg
 import torch
+from scipy.spatial.distance import pdist
+from torchmetrics.image.fid import NoTrainInceptionV3
 
+from fastmine.data import load_digits
+from fastmine.evaluation import Scorer, evaluate_sampler, mean_std
 from fastmine.metrics import (
     DIGITS_WEIGHTS_PATH,
     INCEPTION_WEIGHTS_FILENAME,
     DigitsFeatureNet,
     InceptionFeatures,
     digits_weights_metadata,
-    evaluate,
     extract,
     fid,
     get_feature_extractor,
@@ -32,8 +35,6 @@ from fastmine.metrics import (
 # ----------------------------------------------------------------------------- helpers
 def _digits_split(size: int = 8):
     # the library's fixed stratified 75/25 split (random_state=0), the one the shipped net used
-    from fastmine.data import load_digits
-
     x_train, y_train = load_digits(size=size, split="train", return_labels=True)
     x_test, y_test = load_digits(size=size, split="test", return_labels=True)
     return x_train, y_train, x_test, y_test
@@ -96,12 +97,11 @@ def test_kmmd_matches_double_loop_unbiased_estimator():
     x, y = _rng_feats(30, 5, 4), _rng_feats(25, 5, 5, shift=0.4)
     for sigma in (0.7, 2.5):
         ref = _kmmd_reference(x, y, sigma)
-        assert kmmd(torch.from_numpy(x), torch.from_numpy(y), bandwidth=sigma) == pytest.approx(ref, rel=1e-9, abs=1e-12)
+        got = kmmd(torch.from_numpy(x), torch.from_numpy(y), bandwidth=sigma)
+        assert got == pytest.approx(ref, rel=1e-9, abs=1e-12)
 
 
 def test_kmmd_median_bandwidth_rule():
-    from scipy.spatial.distance import pdist
-
     x, y = _rng_feats(40, 6, 6), _rng_feats(35, 6, 7, shift=1.0)
     val, sigma = kmmd(x, y, return_bandwidth=True)
     assert sigma == pytest.approx(float(np.median(pdist(np.concatenate([x, y])))), rel=1e-12)
@@ -175,53 +175,75 @@ def test_target_share_on_real_nines_equals_recall(net):
 
 
 # ----------------------------------------------------------------------------- evaluate
-def test_evaluate_real_vs_real_beats_noise():
-    xtr, ytr, xte, yte = _digits_split(16)
+class _Pool:
+    """A stand-in sampler: ``sample(n, seed)`` hands out the next n images of ``pool`` for each
+    draw (``seed // 1000``, as evaluate_sampler numbers them), or uniform noise without a pool."""
 
-    def real_sampler(pool):
-        pos = [0]
+    def __init__(self, pool=None):
+        self.pool, self.calls = pool, []
 
-        def sample(n):
-            out = pool[pos[0] : pos[0] + n]
-            pos[0] += n
-            return out
+    def sample(self, n, seed=0):
+        self.calls.append((n, seed))
+        if self.pool is None:
+            return torch.rand(n, 1, 16, 16, generator=torch.Generator().manual_seed(seed)) * 2 - 1
+        start = (seed // 1000) * n
+        return self.pool[start : start + n]
 
-        return sample
 
-    g = torch.Generator().manual_seed(0)
-    noise = lambda n: torch.rand(n, 1, 16, 16, generator=g) * 2 - 1  # noqa: E731
+def test_scorer_matches_the_scores_computed_directly(net):
+    xtr, _, xte, _ = _digits_split(16)
+    fake = xtr[:200]
+    got = Scorer(xte, "digits", target_class=9).score(fake)
+    real_feats = net.features(xte).double()
+    logits, fake_feats = net.forward_with_features(fake)
+    k, sigma = kmmd(real_feats, fake_feats, return_bandwidth=True)
+    assert got["fid"] == pytest.approx(fid(real_feats, fake_feats), rel=1e-9)
+    assert (got["kmmd"], got["kmmd_sigma"]) == (pytest.approx(k, rel=1e-9), pytest.approx(sigma, rel=1e-12))
+    assert got["mv"] == pytest.approx(mv(fake_feats), rel=1e-9)
+    assert got["target_share"] == target_share(logits, 9)
 
-    calls = []
 
-    def counting(n):  # disjoint real digits (train split), records the batch sizes
-        start = sum(calls)
-        calls.append(n)
-        return xtr[start : start + n]
-
-    r_real = evaluate(counting, xte, target_class=9, batch_size=128)
-    assert calls == [128, 128, 128, len(xte) - 384]  # batched, as many fake as real
-    assert r_real["n_real"] == r_real["n_fake"] == len(xte)
-    r_noise = evaluate(noise, xte, target_class=9)
-    assert set(r_real) >= {"fid", "kmmd", "kmmd_sigma", "mv", "target_share", "n_real", "n_fake"}
-    assert r_noise["fid"] > 20 * max(r_real["fid"], 1e-6)
-    assert r_noise["kmmd"] > 10 * max(r_real["kmmd"], 1e-6)
+def test_evaluate_sampler_averages_draws_of_as_many_fakes_as_reals():
+    xtr, _, xte, _ = _digits_split(16)
+    real = _Pool(xtr)  # disjoint real digits (train split), one slice per draw
+    r_real = evaluate_sampler(real, xte, target_class=9, repeats=2)
+    assert real.calls == [(len(xte), 0), (len(xte), 1000)]  # as many fake as real, a new seed per draw
+    assert (r_real["n_real"], r_real["n_fake"], r_real["repeats"], r_real["extractor"]) == (len(xte), len(xte), 2,
+                                                                                            "digits")
+    scorer = Scorer(xte, "digits", target_class=9)
+    draws = [scorer.score(xtr[i * len(xte) : (i + 1) * len(xte)]) for i in range(2)]
+    for key in ("fid", "kmmd", "kmmd_sigma", "mv", "target_share"):
+        assert r_real[key] == pytest.approx((draws[0][key] + draws[1][key]) / 2, rel=1e-12), key
+    assert r_real["fid_draw_std"] == pytest.approx(float(np.std([d["fid"] for d in draws], ddof=1)), rel=1e-9)
     assert 0.05 < r_real["target_share"] < 0.15  # ~1/10 of a balanced real set are nines
 
+    r_noise = evaluate_sampler(_Pool(), xte, target_class=9, repeats=1)
+    assert r_noise["fid_draw_std"] == 0.0  # one draw: no spread
+    assert r_noise["fid"] > 20 * max(r_real["fid"], 1e-6)
+    assert r_noise["kmmd"] > 10 * max(r_real["kmmd"], 1e-6)
+
     # the cap: n_cap real images (fixed-seed subset) and as many generated
-    r_cap = evaluate(real_sampler(xtr), xte, n_cap=100)
+    r_cap = evaluate_sampler(_Pool(xtr), xte, n_cap=100, repeats=1)
     assert r_cap["n_real"] == r_cap["n_fake"] == 100
     assert "target_share" not in r_cap
 
 
-def test_evaluate_rejects_target_class_without_class_head():
+def test_mean_std_is_the_sample_std_of_the_given_values():
+    assert mean_std([]) == (None, None)
+    assert mean_std([2.0, None]) == (2.0, None)
+    m, s = mean_std([1.0, None, 2.0, 4.0])
+    assert m == pytest.approx(7 / 3) and s == pytest.approx(float(np.std([1.0, 2.0, 4.0], ddof=1)), rel=1e-12)
+
+
+def test_evaluation_rejects_target_class_without_class_head():
     class FeatOnly(torch.nn.Module):
         def features(self, x):
             return x.flatten(1)
 
     x = torch.rand(10, 1, 8, 8) * 2 - 1
     with pytest.raises(ValueError, match="class head"):
-        evaluate(lambda n: x[:n], x, extractor=FeatOnly(), target_class=3)
-    r = evaluate(lambda n: x[:n], x, extractor=FeatOnly())
+        evaluate_sampler(_Pool(x), x, extractor=FeatOnly(), target_class=3)
+    r = evaluate_sampler(_Pool(x), x, extractor=FeatOnly(), repeats=1)
     assert abs(r["fid"]) < 1e-3  # identical sets (rank-deficient covariance: 10 samples, 64 dims)
 
 
@@ -252,20 +274,19 @@ def test_missing_inception_weights_clear_error_no_download(no_network, weights, 
         if weights is not None:
             assert weights in msg
     with pytest.raises(FileNotFoundError, match="cannot download"):
-        evaluate(lambda n: torch.zeros(n, 1, 8, 8), torch.zeros(4, 1, 8, 8), extractor="inception")
+        evaluate_sampler(_Pool(), torch.zeros(4, 1, 8, 8), extractor="inception")
 
 
 @pytest.mark.skipif(importlib.util.find_spec("torch_fidelity") is None, reason="torch-fidelity not installed")
 def test_inception_features_from_local_file(no_network, tmp_path, monkeypatch):
     """With torch-fidelity installed: build a randomly initialised Inception, save its
     weights, and check the extractor loads that local file (no download) and runs."""
-    from torchmetrics.image.fid import NoTrainInceptionV3
-
     dummy = tmp_path / "empty.pth"
     torch.save({}, dummy)
     with monkeypatch.context() as m:
         m.setattr(torch.nn.Module, "load_state_dict", lambda self, sd, *a, **k: None)
-        rand = NoTrainInceptionV3(name="inception-v3-compat", features_list=["2048"], feature_extractor_weights_path=str(dummy))
+        rand = NoTrainInceptionV3(name="inception-v3-compat", features_list=["2048"],
+                                  feature_extractor_weights_path=str(dummy))
     path = tmp_path / INCEPTION_WEIGHTS_FILENAME
     torch.save(rand.state_dict(), path)
     ext = get_feature_extractor("inception", weights=path)

@@ -1,7 +1,10 @@
 import numpy as np
+import pytest
 import torch
 
 import fastmine as fm
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_gradients_reach_miner_through_frozen_generator(digits_source):
@@ -30,6 +33,7 @@ def test_generator_bit_identical_after_mining(digits_source, tmp_path):
     assert all(not torch.equal(a, b) for a, b in zip(miner_before, result.sampler.miner.parameters()))
 
 
+@pytest.mark.slow
 def test_mining_moves_samples_to_the_target_class(digits_source):
     """Source trained on digits 0-8; target: 100 images of 9 (MineGAN's off-manifold MNIST).
 
@@ -57,8 +61,9 @@ def test_mining_moves_samples_to_the_target_class(digits_source):
     assert mined_share > 5 * source_share
 
 
+@pytest.mark.slow
 def test_compiled_sampler_follows_eager_through_the_finetuning_switch(digits_source, tmp_path):
-    """train.compile=sampler: the compiled sampler shares the eager one's weights, so MineGAN's
+    """perf.compile=sampler: the compiled sampler shares the eager one's weights, so MineGAN's
     switch to finetuning (generator weights trainable, batch norm in training mode) recompiles
     and trains the same thing: the same logged losses as the eager run, to fp32 rounding."""
     import json
@@ -69,7 +74,7 @@ def test_compiled_sampler_follows_eager_through_the_finetuning_switch(digits_sou
         run = tmp_path / mode
         result = fm.train(digits_source, target, method="minegan", steps=6, mine_steps=3, log_every=1,
                           compile=mode, progress=False, run_dir=run, seed=3)
-        rows[mode] = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
+        rows[mode] = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
         generators[mode] = result.sampler.generator.module.state_dict()
     for a, b in zip(rows["none"], rows["sampler"], strict=True):
         for term in ("loss_critic", "loss_sampler", "penalty"):

@@ -3,12 +3,15 @@ import json
 
 import pytest
 import torch
+import toy_models
 
-from fastmine.config import ModelConfig, TrainConfig
+import fastmine as fm
+from fastmine.config import LogConfig, LossConfig, ModelConfig, RunConfig, TrainConfig
+from fastmine.files import load_any, read_info, save_multi_sampler, save_sampler
 from fastmine.miner import Miner
-from fastmine.models import GeneratorAdapter, Sampler
-from fastmine.multi import MultiSampler, load_any_sampler, mine_multi, save_multi_sampler
+from fastmine.multi import MultiSampler
 from fastmine.nets import MLPCritic, build_generator
+from fastmine.samplers import GeneratorAdapter, Sampler
 from fastmine.trainer import ParamGroup, Trainer
 
 MEANS = [[-2.0, 0.0], [2.0, 0.0], [0.0, 2.5]]
@@ -54,8 +57,8 @@ def make_multi(n=2, seed=0, **kw):
 def test_selector_converges_to_the_target_ratio(n, ratios, steps, rule):
     gens = [gauss_gen(m) for m in MEANS[:n]]
     data = mixture(MEANS[:n], ratios)
-    result = mine_multi(gens, data, steps=steps, window=50, rule=rule, progress=False, log_every=steps,
-                        model_cfg=ModelConfig(width=64, depth=3), device="cpu", seed=0)
+    result = fm.mine_multi(gens, data, steps=steps, window=50, rule=rule, progress=False, log_every=steps,
+                           model_cfg=ModelConfig(width=64, depth=3), device="cpu", seed=0)
     probs = result.sampler.selector_probs
     assert probs.sum().item() == pytest.approx(1.0, abs=1e-5)
     assert torch.allclose(probs, torch.tensor(ratios), atol=0.1), (probs.tolist(), ratios)
@@ -147,10 +150,11 @@ def test_fast_and_naive_train_identically_and_the_selector_survives_save_and_loa
         ms = make_multi(2, path=path, window=20, seed=3)
         torch.manual_seed(5)
         critic = MLPCritic(in_dim=2, width=32, depth=3)
-        cfg = TrainConfig(steps=6, batch_size=32, n_critic=2, gp_weight=10.0, lr=1e-3, critic_lr=1e-3,
-                          betas=[0.5, 0.9], progress=False, log_every=3)
+        cfg = RunConfig(seed=0, train=TrainConfig(steps=6, batch_size=32, n_critic=2, lr=1e-3, critic_lr=1e-3,
+                                                  betas=[0.5, 0.9]),
+                        loss=LossConfig(gp_weight=10.0), log=LogConfig(progress=False, log_every=3))
         groups = [ParamGroup(f"miner{i}", s.miner, 0) for i, s in enumerate(ms.samplers)]
-        Trainer(ms, critic, data, cfg, groups, seed=0).fit()
+        Trainer(ms, critic, data, cfg, groups).fit()
         weights[path] = (ms.state_dict(), critic.state_dict())
     for key, v in weights["naive"][0].items():
         if torch.is_floating_point(v):
@@ -161,7 +165,7 @@ def test_fast_and_naive_train_identically_and_the_selector_survives_save_and_loa
     # file round trip keeps the selector and the miners
     ms.eval()
     save_multi_sampler(tmp_path / "m.safetensors", ms)
-    loaded = load_any_sampler(tmp_path / "m.safetensors")
+    loaded = load_any(tmp_path / "m.safetensors")
     assert isinstance(loaded, MultiSampler)
     assert torch.allclose(loaded.selector_probs, ms.selector_probs)
     assert torch.allclose(loaded.sample(64, seed=2), ms.sample(64, seed=2))
@@ -181,7 +185,6 @@ def test_multi_sampler_refuses_mismatched_seeds_and_training_without_critic():
 
 def test_cli_mine_multi_runs_and_logs_the_selector(tmp_path):
     from fastmine.cli import main
-    from fastmine.models import save_sampler
 
     files = []
     for i in range(2):  # two (untrained) 8 px DCGAN sources: enough to exercise the command end to end
@@ -191,12 +194,47 @@ def test_cli_mine_multi_runs_and_logs_the_selector(tmp_path):
         save_sampler(files[-1], Sampler(GeneratorAdapter(build_generator(arch), {"z": ((8,), "normal")},
                                                          build={"arch": arch})))
     rc = main(["mine-multi", f"source.generators=[{files[0]},{files[1]}]", "data.size=8", "data.limit=40",
-               f"out_dir={tmp_path}", "name=mm", "train.steps=4", "train.batch_size=16", "train.log_every=2",
-               "train.progress=false", "model.width=8", "train.selector_window=10"])
+               f"out_dir={tmp_path}", "name=mm", "train.steps=4", "train.batch_size=16", "log.log_every=2",
+               "log.progress=false", "model.width=8", "multi.window=10"])
     assert rc == 0
-    rows = [json.loads(l) for l in (tmp_path / "mm" / "metrics.jsonl").read_text().splitlines()]
+    rows = [json.loads(line) for line in (tmp_path / "mm" / "metrics.jsonl").read_text().splitlines()]
     assert len(rows) == 2 and len(rows[-1]["selector_probs"]) == 2
     assert sum(rows[-1]["selector_probs"]) == pytest.approx(1.0, abs=1e-4)
-    loaded = load_any_sampler(tmp_path / "mm" / "model.safetensors")
+    loaded = load_any(tmp_path / "mm" / "model.safetensors")
     assert isinstance(loaded, MultiSampler) and loaded.sample(5).shape == (5, 1, 8, 8)
     assert main(["mine-multi", "source.generators=[" + str(files[0]) + "]", f"out_dir={tmp_path}", "name=x"]) == 2
+
+
+def test_user_miners_train_and_the_selector_is_in_the_result_and_the_file(tmp_path):
+    """``miner=[m1, m2]``: the user's own modules are what trains; π of the Result is the
+    one written into model.safetensors."""
+    # two generators on one region, so that each wins some supersamples from the start (a miner
+    # whose generator is never chosen gets no gradient: MineGAN trains only the selected one)
+    gens = [gauss_gen([0.0, 0.0]), gauss_gen([0.0, 0.0])]
+    torch.manual_seed(1)
+    miners = [toy_models.make_miner(), toy_models.make_miner()]
+    before = [[p.detach().clone() for p in m.parameters()] for m in miners]
+    result = fm.mine_multi(gens, mixture(MEANS[:2], (0.5, 0.5), n=200), miner=miners, seed_dim=3, steps=4,
+                           batch_size=32, n_critic=2, window=20, progress=False, log_every=4, device="cpu",
+                           model_cfg=ModelConfig(width=16, depth=2), run_dir=tmp_path / "run", seed=1)
+    assert [s.miner for s in result.sampler.samplers] == miners  # the very modules passed in
+    assert (result.sampler.selector_window.sum(0) > 0).all()  # both generators were selected
+    for m, old in zip(miners, before):
+        assert any(not torch.equal(p, q) for p, q in zip(m.parameters(), old)), "a user miner did not train"
+    probs = result.selector_probs
+    assert isinstance(probs, list) and len(probs) == 2 and all(isinstance(p, float) for p in probs)
+    assert sum(probs) == pytest.approx(1.0, abs=1e-6)
+    assert read_info(result.model_path)["selector_probs"] == probs
+    assert json.loads((tmp_path / "run" / "selector.json").read_text())["selector_probs"] == probs
+
+
+def test_miner_module_setting_builds_every_miner(tmp_path):
+    """``miner_cfg={"module": "toy_models:make_miner"}``: one fresh instance per generator."""
+    gens = [gauss_gen(m) for m in MEANS[:2]]
+    result = fm.mine_multi(gens, mixture(MEANS[:2], (0.5, 0.5), n=200), miner_cfg={"module": "toy_models:make_miner",
+                                                                                   "seed_dim": 3},
+                           steps=2, batch_size=16, n_critic=1, window=10, progress=False, device="cpu",
+                           model_cfg=ModelConfig(width=16, depth=2))
+    miners = [s.miner for s in result.sampler.samplers]
+    assert all(isinstance(m, toy_models.ToyMiner) for m in miners) and miners[0] is not miners[1]
+    assert result.sampler.seed_dim == 3

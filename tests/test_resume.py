@@ -11,8 +11,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-ARGS = ["data.size=8", "data.limit=40", "train.steps=40", "train.batch_size=16", "train.n_critic=2",
-        "train.checkpoint_every=4", "train.log_every=2", "train.sample_every=1000", "train.progress=false",
+# long enough that the kill lands mid-run: an update takes milliseconds here, start-up seconds
+STEPS = 200
+ARGS = ["data.size=8", "data.limit=40", f"train.steps={STEPS}", "train.batch_size=16", "train.n_critic=2",
+        "log.checkpoint_every=4", "log.log_every=2", "log.sample_every=1000", "log.progress=false",
         "miner.layers=2"]
 
 
@@ -43,34 +45,36 @@ def _assert_same(a, b):
     assert wa.keys() == wb.keys()
     for k in wa:
         assert torch.equal(wa[k], wb[k]), k
-    la = [json.loads(l) for l in (a / "metrics.jsonl").read_text().splitlines()]
-    lb = [json.loads(l) for l in (b / "metrics.jsonl").read_text().splitlines()]
+    la = [json.loads(line) for line in (a / "metrics.jsonl").read_text().splitlines()]
+    lb = [json.loads(line) for line in (b / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in la] == [r["step"] for r in lb]
     for ra, rb in zip(la, lb):
         assert ra["loss_critic"] == rb["loss_critic"] and ra["loss_sampler"] == rb["loss_sampler"]
 
 
+@pytest.mark.slow
 def test_resume_after_sigkill_matches_uninterrupted(digits_source, uninterrupted, tmp_path):
     proc = subprocess.Popen(_cmd(digits_source, tmp_path), env=_env())
     latest = tmp_path / "run" / "checkpoints" / "latest.json"
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None:
         if latest.is_file() and json.loads(latest.read_text())["step"] >= 8:
-            time.sleep(0.3)  # land somewhere between checkpoints, possibly mid-write
+            time.sleep(0.02)  # land somewhere between checkpoints, possibly mid-write
             break
         time.sleep(0.05)
     assert proc.poll() is None, "the run finished before it could be killed: make it longer"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     killed_at = json.loads(latest.read_text())["step"]
-    assert 8 <= killed_at < 40
+    assert 8 <= killed_at < STEPS
     assert not (tmp_path / "run" / "model.safetensors").exists()
     subprocess.run(_cmd(digits_source, tmp_path, ["--resume"]), check=True, env=_env(), timeout=600)
     _assert_same(tmp_path / "run", uninterrupted)
 
 
+@pytest.mark.slow
 def test_resume_after_clean_stop_matches_uninterrupted(digits_source, uninterrupted, tmp_path):
-    # the same run first configured for 20 of its 40 steps, then resumed with its full length
+    # the same run first configured for 20 of its steps, then resumed with its full length
     subprocess.run(_cmd(digits_source, tmp_path, ["train.steps=20"]), check=True, env=_env(), timeout=600)
     subprocess.run(_cmd(digits_source, tmp_path, ["--resume"]), check=True, env=_env(), timeout=600)
     _assert_same(tmp_path / "run", uninterrupted)

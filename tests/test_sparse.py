@@ -5,13 +5,13 @@ import math
 import pytest
 import torch
 
-from fastmine.config import TrainConfig
+import fastmine as fm
+from fastmine.config import LogConfig, LossConfig, ModelConfig, RunConfig, TrainConfig
 from fastmine.miner import Miner
-from fastmine.models import GeneratorAdapter, Sampler
 from fastmine.nets import DCGANCritic, MLPCritic, build_generator
+from fastmine.samplers import GeneratorAdapter, Sampler
 from fastmine.sparse import gradient_and_hvp, select_subnetwork
 from fastmine.trainer import ParamGroup, Trainer
-
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -28,7 +28,8 @@ def test_hessian_vector_product_matches_central_differences(kind):
     if kind == "mlp":
         critic, real = MLPCritic(in_dim=3, width=8, depth=3).double(), torch.randn(16, 3, dtype=torch.float64)
     else:
-        critic, real = DCGANCritic(image_size=8, channels=1, width=4).double(), torch.randn(6, 1, 8, 8, dtype=torch.float64)
+        critic = DCGANCritic(image_size=8, channels=1, width=4).double()
+        real = torch.randn(6, 1, 8, 8, dtype=torch.float64)
     # a smooth critic would be easier; the project's critics are piecewise linear (LeakyReLU),
     # whose Hessian still couples weights of different layers
     grads, hvp = gradient_and_hvp(critic, real)
@@ -113,9 +114,10 @@ def test_frozen_filters_keep_exact_weights_and_zero_optimizer_state():
     data = torch.rand(64, 1, 8, 8) * 2 - 1
     masks = select_subnetwork(critic, data, p=0.3, theta_f=6).apply(critic)
     before = {n: q.detach().clone() for n, q in critic.named_parameters()}
-    cfg = TrainConfig(steps=25, batch_size=16, n_critic=3, gp_weight=10.0, lr=1e-3, critic_lr=1e-2,
-                      betas=[0.5, 0.9], progress=False, log_every=25)
-    trainer = Trainer(sampler, critic, data, cfg, [ParamGroup("miner", sampler.miner, 0)], seed=0)
+    cfg = RunConfig(seed=0, train=TrainConfig(steps=25, batch_size=16, n_critic=3, lr=1e-3, critic_lr=1e-2,
+                                              betas=[0.5, 0.9]),
+                    loss=LossConfig(gp_weight=10.0), log=LogConfig(progress=False, log_every=25))
+    trainer = Trainer(sampler, critic, data, cfg, [ParamGroup("miner", sampler.miner, 0)])
     trainer.fit()
     params = dict(critic.named_parameters())
     moved = 0
@@ -132,9 +134,6 @@ def test_frozen_filters_keep_exact_weights_and_zero_optimizer_state():
 
 
 def test_minegan_pp_and_transfergan_pp_apply_masks_and_report(tmp_path):
-    import fastmine as fm
-    from fastmine.config import ModelConfig
-
     torch.manual_seed(3)
     arch = {"type": "dcgan", "latent_dim": 8, "image_size": 8, "channels": 1, "width": 8, "norm": "batch"}
     data = torch.rand(40, 1, 8, 8) * 2 - 1

@@ -21,9 +21,17 @@ def make_generator():
     return ShiftGenerator()
 
 
+class ToyMiner(nn.Sequential):
+    """A user's miner: seeds [N, 3] -> the 2-D latent (its own class, so a test can tell it from fastmine's)."""
+
+    def __init__(self):
+        super().__init__(nn.Linear(3, 16), nn.Tanh(), nn.Linear(16, 2))
+
+
 def make_miner():
-    return nn.Sequential(nn.Linear(3, 16), nn.Tanh(), nn.Linear(16, 2))
+    return ToyMiner()
 
 
 def make_critic():
-    return nn.Sequential(nn.Linear(2, 32), nn.LeakyReLU(0.2), nn.Linear(32, 32), nn.LeakyReLU(0.2), nn.Linear(32, 1), nn.Flatten(0))
+    return nn.Sequential(nn.Linear(2, 32), nn.LeakyReLU(0.2), nn.Linear(32, 32), nn.LeakyReLU(0.2), nn.Linear(32, 1),
+                         nn.Flatten(0))

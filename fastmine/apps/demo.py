@@ -9,23 +9,33 @@ each is scored with the paper's protocol and ``OUT/report.md`` compares them.
 """
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
+import multiprocessing as mp
 import os
 import shutil
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .cli import COMMAND_DEFAULTS
-from .config import load_config
+import torch
+
+from ..api import run
+from ..config import MOVED, DataConfig, load_config
+from ..data import load_data
+from ..evaluation import Scorer, evaluate_sampler, fid_callback, logged_curve
+from ..files import load_sampler
+from ..images import save_grid
+from ..methods import METHODS
+from .presets import COMMAND_DEFAULTS
+from .report import write_demo_report, write_run_report
 
 # the order of Table 1 (baselines first)
 DEMO_METHODS = ("scratch", "transfergan", "freezed", "minegan_noft", "minegan", "reprogram")
 LABELS = {"scratch": "from scratch", "transfergan": "TransferGAN", "freezed": "FreezeD",
           "minegan_noft": "MineGAN w/o FT", "minegan": "MineGAN", "reprogram": "GAN reprogramming"}
-COMMAND_OF = {"scratch": "baseline", "transfergan": "baseline", "freezed": "baseline", "minegan_noft": "mine",
-              "minegan": "mine", "reprogram": "reprogram"}
 TARGET_CLASS = 9
 SOURCE_SEED = 0  # one fixed pretrained source; the seeds vary the adaptation runs
 
@@ -54,22 +64,24 @@ def cache_dir() -> Path:
 
 def pretrained_source(steps: int, seed: int = 0, overrides=()) -> Path:
     """Path of a digits 0-8 source GAN, trained once per distinct setting and cached."""
-    from .api import run_config
-
     over = [f"train.steps={steps}", f"seed={seed}", *overrides]
     cfg = load_config(None, over, defaults=COMMAND_DEFAULTS["pretrain"])
     final = _source_path(over)
-    if final.is_file():
-        print(f"using the cached source generator {final}")
+    final.parent.mkdir(parents=True, exist_ok=True)
+    # one trainer per cached source: a second demo started meanwhile waits here, then reuses it
+    with open(final.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if final.is_file():
+            print(f"using the cached source generator {final}")
+            return final
+        work = final.with_name(final.stem.replace("digits0-8-", "run-"))
+        shutil.rmtree(work, ignore_errors=True)  # a half-finished earlier attempt
+        cfg.out_dir, cfg.name = str(work.parent), work.name
+        print(f"pretraining the source WGAN-GP on digits 0-8 ({steps} steps); cached for next time at {final}")
+        result = run(cfg)
+        os.replace(result.model_path, final)
+        shutil.rmtree(work, ignore_errors=True)
         return final
-    work = final.with_name(final.stem.replace("digits0-8-", "run-"))
-    shutil.rmtree(work, ignore_errors=True)  # a half-finished earlier attempt
-    cfg.out_dir, cfg.name = str(work.parent), work.name
-    print(f"pretraining the source WGAN-GP on digits 0-8 ({steps} steps); cached for next time at {final}")
-    result = run_config(cfg)
-    os.replace(result.model_path, final)
-    shutil.rmtree(work, ignore_errors=True)
-    return final
 
 
 def run_demo(out="runs/demo", quick=False, seed=0, seeds=1, methods=DEMO_METHODS, threads=1, steps=None,
@@ -82,11 +94,6 @@ def run_demo(out="runs/demo", quick=False, seed=0, seeds=1, methods=DEMO_METHODS
     settings applied to every method's run (e.g. ``miner.init=normal``). ``jobs``: runs
     trained in parallel processes (each with ``threads`` threads); results are identical.
     """
-    import torch
-
-    from .images import save_grid
-    from .models import load_sampler
-
     if threads:
         torch.set_num_threads(int(threads))
     unknown = [m for m in methods if m not in DEMO_METHODS]
@@ -106,13 +113,11 @@ def run_demo(out="runs/demo", quick=False, seed=0, seeds=1, methods=DEMO_METHODS
     source_scores = score_model(load_sampler(source), s.repeats, _scorers())
 
     seed_list = list(range(seed, seed + seeds))
-    tasks = [dict(method=m, run_seed=rs, source=str(source), out=str(out), settings=asdict(s), overrides=list(overrides),
-                  save_samples=rs == seed_list[0], threads=threads) for rs in seed_list for m in methods]
+    tasks = [dict(method=m, run_seed=rs, source=str(source), out=str(out), settings=asdict(s),
+                  overrides=list(overrides), save_samples=rs == seed_list[0], threads=threads)
+             for rs in seed_list for m in methods]
     results = {m: [] for m in methods}
     if jobs > 1:
-        import multiprocessing as mp
-        from concurrent.futures import ProcessPoolExecutor
-
         # spawn, not fork: a forked child inherits torch's thread pools in an unsafe state
         with ProcessPoolExecutor(min(jobs, len(tasks)), mp_context=mp.get_context("spawn")) as pool:
             done = list(pool.map(_run_one, tasks))
@@ -123,62 +128,21 @@ def run_demo(out="runs/demo", quick=False, seed=0, seeds=1, methods=DEMO_METHODS
     save_grid(load_sampler(source).sample(64, seed=0), out / "samples_source.png")
     timing = {"total_s": time.perf_counter() - t_start, "source_s": source_s, "source_cached": cached,
               "load_start": load_start, "load_end": _loadavg(), "jobs": jobs}
-    from .report import write_demo_report
-
-    report = write_demo_report(out, results, source_scores, settings=s, seeds=seed_list, timing=timing,
+    report = write_demo_report(out, results, source_scores, settings=s, seeds=seed_list, timing=timing, quick=quick,
                                source=source, overrides=list(overrides), labels=LABELS)
     print(f"wrote {report}")
     return {"report": report, "results": results, "source_metrics": source_scores["metrics"], "timing": timing}
 
 
-def report_from_runs(out="runs/demo", quick=False, overrides=()):
-    """Rewrite OUT/report.md from the run folders on disk (finished runs only: those with a
-    model.safetensors), re-scoring runs that have no eval.json. For a comparison that was
-    stopped part-way, or to re-score with a changed evaluation."""
-    from .config import load_config as _load
-    from .evaluation import logged_curve, read_metrics
-    from .models import load_sampler
-    from .report import write_demo_report
-
-    s = QUICK if quick else FULL
-    out = Path(out)
-    scorers = None
-    results, seeds = {m: [] for m in DEMO_METHODS}, set()
-    for run_dir in sorted(out.glob("seed*/*")):
-        if run_dir.name not in results or not (run_dir / "model.safetensors").is_file():
-            continue
-        cfg = _load(run_dir / "config.yaml")
-        ev = run_dir / "eval.json"
-        if ev.is_file() and "heldout" in json.loads(ev.read_text()):
-            scores = json.loads(ev.read_text())
-        else:
-            scorers = scorers or _scorers()
-            scores = score_model(load_sampler(run_dir / "model.safetensors"), s.repeats, scorers)
-            ev.write_text(json.dumps(scores))
-        rows = read_metrics(run_dir)
-        s = DemoSettings(**{**asdict(s), "steps": cfg.train.steps})
-        results[run_dir.name].append({"seed": cfg.seed, "metrics": scores["metrics"], "heldout": scores["heldout"],
-                                      "curve": logged_curve(run_dir), "config": cfg,
-                                      "train_s": rows[-1]["elapsed_s"] if rows else float("nan"), "run_dir": run_dir})
-        seeds.add(cfg.seed)
-    results = {m: sorted(r, key=lambda x: x["seed"]) for m, r in results.items() if r}
-    source = Path(str(next(iter(results.values()))[0]["config"].source.generator))
-    source_scores = score_model(load_sampler(source), s.repeats, scorers or _scorers())
-    timing = {"total_s": float("nan"), "source_s": float("nan"), "source_cached": True, "load_start": None,
-              "load_end": _loadavg(), "jobs": "?"}
-    return write_demo_report(out, results, source_scores, settings=s, seeds=sorted(seeds), timing=timing,
-                             source=source, overrides=list(overrides), labels=LABELS)
+def target_data():
+    """The demo's target: the `fastmine mine` command's default, 100 images of digit 9 at 16 px."""
+    return load_data(DataConfig(**COMMAND_DEFAULTS["mine"]["data"]))
 
 
 def heldout_target():
     """The digit-9 images of scikit-learn's digits that are *not* in the 100-image target set
     (80 of 180). FID against the training images rewards memorising them; these do not."""
-
-    from .config import DataConfig
-    from .data import load_data
-
-    cfg = DataConfig(**COMMAND_DEFAULTS["mine"]["data"])
-    target = load_data(cfg)
+    target = target_data()
     every = load_data(DataConfig(**{**COMMAND_DEFAULTS["mine"]["data"], "limit": None}))
     in_target = (every.flatten(1)[:, None, :] == target.flatten(1)[None, :, :]).all(-1).any(1)
     return every[~in_target]
@@ -186,47 +150,31 @@ def heldout_target():
 
 def score_model(sampler, repeats, scorers) -> dict:
     """{"metrics": paper protocol vs the target set, "heldout": the same vs the held-out 9s}."""
-    from .evaluation import evaluate_sampler
-
     return {name: evaluate_sampler(sampler, None, repeats=repeats, seed=0, scorer=sc) for name, sc in scorers.items()}
 
 
 def _scorers():
-    from .config import DataConfig
-    from .data import load_data
-    from .evaluation import _Scorer
-
-    target = load_data(DataConfig(**COMMAND_DEFAULTS["mine"]["data"]))
-    return {"metrics": _Scorer(target, "digits", target_class=TARGET_CLASS),
-            "heldout": _Scorer(heldout_target(), "digits", target_class=TARGET_CLASS)}
+    return {"metrics": Scorer(target_data(), "digits", target_class=TARGET_CLASS),
+            "heldout": Scorer(heldout_target(), "digits", target_class=TARGET_CLASS)}
 
 
 def _run_one(task: dict) -> dict:
     """Train one (method, seed) run with logged FID, score it, write its report.md."""
-    import torch
-
-    from .api import run_config
-    from .config import DataConfig
-    from .data import load_data
-    from .evaluation import fid_callback, logged_curve
-    from .images import save_grid
-    from .report import write_run_report
-
     if task["threads"]:
         torch.set_num_threads(int(task["threads"]))
     s = DemoSettings(**task["settings"])
     method, run_seed, out = task["method"], task["run_seed"], Path(task["out"])
-    target = load_data(DataConfig(**COMMAND_DEFAULTS["mine"]["data"]))
     run_dir = out / f"seed{run_seed}" / method
     if run_dir.exists():
         shutil.rmtree(run_dir)  # the demo re-runs from its cached source each time
     over = [f"source.generator={task['source']}", f"method={method}", f"seed={run_seed}",
             f"out_dir={run_dir.parent}", f"name={method}", f"train.steps={s.steps}",
-            f"train.log_every={s.log_every}", f"train.sample_every={s.steps}",
-            f"train.checkpoint_every={s.steps}", "train.keep_checkpoints=1", "device=cpu", *task["overrides"]]
-    cfg = load_config(None, over, defaults=COMMAND_DEFAULTS[COMMAND_OF[method]])
+            f"log.log_every={s.log_every}", f"log.sample_every={s.steps}",
+            f"log.checkpoint_every={s.steps}", "log.keep_checkpoints=1", "device=cpu", *task["overrides"]]
+    cfg = load_config(None, over, defaults=COMMAND_DEFAULTS[METHODS[method].commands[0]])
     t0 = time.perf_counter()
-    result = run_config(cfg, callbacks=[fid_callback(target, every=s.eval_every, n=s.eval_n, target_class=TARGET_CLASS)])
+    callback = fid_callback(target_data(), every=s.eval_every, n=s.eval_n, target_class=TARGET_CLASS)
+    result = run(cfg, callbacks=[callback])
     train_s = time.perf_counter() - t0
     scores = score_model(result.sampler, s.repeats, _scorers())
     metrics = scores["metrics"]
@@ -239,18 +187,25 @@ def _run_one(task: dict) -> dict:
     print(f"[demo] seed {run_seed} {LABELS[method]:<18} FID {metrics['fid']:7.2f}  "
           f"target share {metrics['target_share']:.2f}  ({train_s:.0f} s)", flush=True)
     return {"method": method, "seed": run_seed, "metrics": metrics, "heldout": scores["heldout"], "curve": curve,
-            "train_s": train_s,
-            "config": cfg, "run_dir": run_dir}
+            "train_s": train_s, "config": cfg, "run_dir": run_dir}
 
 
 SOURCE_CACHE_VERSION = 1  # bump when the source's training changes in a way the settings below do not show
+
+# the key spells a moved config key as before the config had sections, so the sources cached
+# then (the same settings) stay valid
+_KEY_SPELLING = {new: old for old, new in MOVED.items()}
 
 
 def _source_path(over) -> Path:
     # keyed on the settings that are given (the pretrain command's defaults and the
     # overrides), not on the whole resolved config: a config field added elsewhere in the
     # project must not invalidate every cached source
-    key = json.dumps({"version": SOURCE_CACHE_VERSION, "defaults": COMMAND_DEFAULTS["pretrain"], "overrides": list(over)},
+    spelled = []
+    for item in over:
+        key, sep, value = item.partition("=")
+        spelled.append(_KEY_SPELLING.get(key, key) + sep + value)
+    key = json.dumps({"version": SOURCE_CACHE_VERSION, "defaults": COMMAND_DEFAULTS["pretrain"], "overrides": spelled},
                      sort_keys=True)
     return cache_dir() / "sources" / f"digits0-8-{hashlib.sha256(key.encode()).hexdigest()[:12]}.safetensors"
 

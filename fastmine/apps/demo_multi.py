@@ -1,4 +1,4 @@
-"""``fastmine demo-multi``: the two-generator digits task (MineGAN++ §3.3 / §4.2, Table 4), offline.
+"""``fastmine demo --multi``: the two-generator digits task (MineGAN++ §3.3 / §4.2, Table 4), offline.
 
 Two WGAN-GP sources are pretrained on the built-in digits at 16 px (cached like the single
 demo's source): A on digits {0,1,2,3,4}, B on {5,6,7,8,9}. The target holds 100 images
@@ -9,9 +9,10 @@ a known share of the first.
   rules (``permute``, ``max``) and the report puts the selector π next to the true ratio
   (the bottom rows of the paper's Table 4).
 * For share 0.5 it compares FID / KMMD / MV / target share (fraction of samples the digits
-  classifier calls 1 or 7) of: MineGAN(multi) with each rule (the same runs as above),
-  fusion + mining, MineGAN++ on source A alone and TransferGAN from A and from B (the
-  single-generator baselines), all with the same budget of generator-side updates.
+  classifier calls one of the two target digits) of: MineGAN(multi) with each rule (the
+  same runs as above), fusion + mining, MineGAN++ on source A alone and TransferGAN from A
+  and from B (the single-generator baselines), all with the same budget of generator-side
+  updates.
 
 ``OUT/report_multi.md`` holds both tables; every run keeps its folder under ``OUT/``.
 """
@@ -19,10 +20,23 @@ from __future__ import annotations
 
 import json
 import math
+import multiprocessing as mp
 import shutil
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+import torch
+
+from ..api import fuse, mine_multi, train
+from ..data import load_digits
+from ..evaluation import Scorer, evaluate_sampler
+from ..files import load_generator
+from ..images import save_grid
+from ..metrics.scores import extract
+from .demo import pretrained_source
+from .report import versions_line
 
 GROUP_A = (0, 1, 2, 3, 4)
 GROUP_B = (5, 6, 7, 8, 9)
@@ -44,7 +58,7 @@ class MultiSettings:
     fuse_steps: int     # fusion training before fusion + mining is mined for ``steps``
     batch_size: int
     repeats: int        # final evaluation: sample draws averaged (paper protocol each)
-    share_n: int        # samples classified for the realised share of 1s of each multi run
+    share_n: int        # samples classified for the realised share of digits[0] of each run
 
 
 # CPU (one torch thread, 16 px, width 32, n_critic 5): ~0.2 s per single-generator update,
@@ -56,10 +70,6 @@ QUICK = MultiSettings(source_steps=20, steps=6, fuse_steps=6, batch_size=16, rep
 # --------------------------------------------------------------------------- data
 def mixed_target(share_a: float, n: int = TARGET_SIZE, size: int = 16, seed: int = 0, digits=DIGITS):
     """n digits: round(n·share_a) of digits[0] and the rest digits[1] (chosen at random with ``seed``)."""
-    import torch
-
-    from .data import load_digits
-
     n_a = int(round(n * share_a))
     parts = []
     for digit, k in ((digits[0], n_a), (digits[1], n - n_a)):
@@ -70,57 +80,33 @@ def mixed_target(share_a: float, n: int = TARGET_SIZE, size: int = 16, seed: int
     return x[perm]
 
 
-def source_paths(steps: int) -> dict:
-    """The two cached sources {"A": path, "B": path} (pretrained on first use)."""
-    from .demo import pretrained_source
-
-    return {name: pretrained_source(steps, SOURCE_SEED, overrides=_source_overrides(group))
-            for name, group in (("A", GROUP_A), ("B", GROUP_B))}
-
-
 def _source_overrides(group):
     return [f"data.labels=[{','.join(str(d) for d in group)}]", "model.width=32", "device=cpu",
-            "train.progress=false", "train.sample_every=100000", "train.checkpoint_every=100000"]
+            "log.progress=false", "log.sample_every=100000", "log.checkpoint_every=100000"]
 
 
 def _pretrain_one(task):
-    import torch
-
     torch.set_num_threads(1)
-    from .demo import pretrained_source
-
     return task["name"], str(pretrained_source(task["steps"], SOURCE_SEED, overrides=task["overrides"]))
 
 
 # --------------------------------------------------------------------------- scoring
-class MixScorer:
-    """FID / KMMD / MV against one target set, plus the classifier's shares of the two digits."""
+class MixScorer(Scorer):
+    """FID / KMMD / MV against one target set, plus the classifier's shares of the two digits
+    (``target_share``: either digit; ``share_a``: the first among those)."""
 
     def __init__(self, target, digits=DIGITS):
-        from .evaluation import _Scorer
-
-        self.base = _Scorer(target, "digits")
+        super().__init__(target, "digits")
         self.digits = tuple(digits)
 
     def classes(self, fake):
-        from .metrics.scores import extract
-
-        _, logits = extract(self.base.net, fake, with_logits=True)
+        _, logits = extract(self.net, fake, with_logits=True)
         pred = logits.argmax(1)
         na, nb = (float((pred == d).sum()) for d in self.digits)
         return {"target_share": (na + nb) / len(pred), "share_a": na / max(na + nb, 1.0)}
 
-    def evaluate(self, sampler, repeats, seed=0):
-        n = len(self.base.real)
-        draws = []
-        for r in range(repeats):
-            fake = sampler.sample(n, seed=seed + 1000 * r)
-            draws.append({**self.base.score(fake), **self.classes(fake)})
-        out = {k: sum(d[k] for d in draws) / len(draws) for k in ("fid", "kmmd", "mv", "target_share", "share_a")}
-        fids = [d["fid"] for d in draws]
-        m = sum(fids) / len(fids)
-        out["fid_draw_std"] = math.sqrt(sum((f - m) ** 2 for f in fids) / (len(fids) - 1)) if len(fids) > 1 else 0.0
-        return out
+    def score(self, fake, real_feats=None):
+        return {**super().score(fake, real_feats), **self.classes(fake)}
 
 
 # --------------------------------------------------------------------------- runs
@@ -132,13 +118,7 @@ def _train_kwargs(s: MultiSettings, steps=None):
 
 def _run_task(task: dict) -> dict:
     """One run (in a worker process): train, score, return a small JSON-able dict."""
-    import torch
-
     torch.set_num_threads(1)
-    from . import api
-    from .fusion import fuse
-    from .models import load_generator
-
     s = MultiSettings(**task["settings"])
     kind, ratio, out = task["kind"], task["ratio"], Path(task["out"])
     src = task["sources"]
@@ -149,32 +129,26 @@ def _run_task(task: dict) -> dict:
     t0 = time.perf_counter()
     res = {"name": task["name"], "kind": kind, "ratio": ratio, "rule": task.get("rule")}
     if kind == "multi":
-        from .multi import mine_multi
-
         r = mine_multi([src["A"], src["B"]], target, rule=task["rule"], run_dir=run_dir, seed=task["seed"],
                        device="cpu", **_train_kwargs(s))
-        res["pi"] = [float(p) for p in r.sampler.selector_probs.tolist()]
-        sampler = r.sampler
+        res["pi"] = r.selector_probs
     elif kind == "fusion":
-        fuse([src["A"], src["B"]], run_dir=run_dir / "fuse", seed=task["seed"], device="cpu",
-             **_train_kwargs(s, s.fuse_steps))
-        r = api.train(load_generator(str(run_dir / "fuse" / "model.safetensors")), target, method="minegan_noft",
-                      run_dir=run_dir / "mine", seed=task["seed"], device="cpu", **_train_kwargs(s))
-        sampler = r.sampler
+        fused = fuse([src["A"], src["B"]], run_dir=run_dir / "fuse", seed=task["seed"], device="cpu",
+                     **_train_kwargs(s, s.fuse_steps))
+        r = train(load_generator(fused.model_path), target, method="minegan_noft", run_dir=run_dir / "mine",
+                  seed=task["seed"], device="cpu", **_train_kwargs(s))
     else:  # single-generator methods from one source
         path = src[task["source"]]
-        r = api.train(str(path), target, method=kind, critic=str(path), run_dir=run_dir, seed=task["seed"],
-                      device="cpu", **_train_kwargs(s))
-        sampler = r.sampler
+        r = train(str(path), target, method=kind, critic=str(path), run_dir=run_dir, seed=task["seed"],
+                  device="cpu", **_train_kwargs(s))
+    sampler = r.sampler
     res["train_s"] = time.perf_counter() - t0
     sampler.eval()
     scorer = MixScorer(target, digits)
     if task["score"]:
-        res["metrics"] = scorer.evaluate(sampler, s.repeats)
+        res["metrics"] = evaluate_sampler(sampler, None, repeats=s.repeats, scorer=scorer)
     res["sample_share_a"] = scorer.classes(sampler.sample(s.share_n, seed=7))["share_a"]
     if task.get("save_samples"):
-        from .images import save_grid
-
         save_grid(sampler.sample(64, seed=0), out / f"samples_{task['name']}.png")
     (run_dir / "demo_result.json").parent.mkdir(parents=True, exist_ok=True)
     (run_dir / "demo_result.json").write_text(json.dumps(res, indent=1))
@@ -210,9 +184,7 @@ def tasks_for(settings: MultiSettings, sources: dict, out: Path, seed=0, digits=
 
 def _pool_map(fn, tasks, jobs):
     if jobs > 1 and len(tasks) > 1:
-        import multiprocessing as mp
-        from concurrent.futures import ProcessPoolExecutor
-
+        # spawn, not fork: a forked child inherits torch's thread pools in an unsafe state
         with ProcessPoolExecutor(min(jobs, len(tasks)), mp_context=mp.get_context("spawn")) as pool:
             return list(pool.map(fn, tasks))
     return [fn(t) for t in tasks]
@@ -227,8 +199,6 @@ def run_demo_multi(out="runs/demo_multi", quick=False, seed=0, jobs=1, steps=Non
     and fusion runs (the π table alone)."""
     if len(digits) != 2 or digits[0] not in GROUP_A or digits[1] not in GROUP_B:
         raise ValueError(f"digits must be one of A's {list(GROUP_A)} and one of B's {list(GROUP_B)}, got {digits}")
-    import torch
-
     torch.set_num_threads(1)
     s = QUICK if quick else FULL
     s = MultiSettings(**{**asdict(s), **({"steps": steps} if steps else {}),
@@ -253,19 +223,17 @@ def _f(x, spec=".2f"):
 
 
 def write_report(out, results, s: MultiSettings, sources, timing, seed=0, digits=DIGITS, ratios=RATIOS) -> Path:
-    from .report import _versions_line
-
     out = Path(out)
     multi = {(r["rule"], r["ratio"]): r for r in results if r["kind"] == "multi"}
     da, db = digits
-    lines = [f"# fastmine demo-multi: two digits generators → a {da}/{db} mixture", "",
+    lines = [f"# fastmine demo --multi: two digits generators → a {da}/{db} mixture", "",
              f"Source A: WGAN-GP on digits {list(GROUP_A)}; source B: on {list(GROUP_B)} (16 px, width 32, "
              f"{s.source_steps} steps each, cached: `{sources['A']}`, `{sources['B']}`). "
-             f"Target: {TARGET_SIZE} images of digit {digits[0]} (A's domain) and {digits[1]} (B's) at a known share of "
-             f"{digits[0]}s. Budget: {s.steps} generator-side updates per method (batch {s.batch_size}, n_critic 5); "
-             f"fusion trains {s.fuse_steps} updates first, then mines for {s.steps}. Seed {seed}.", "",
+             f"Target: {TARGET_SIZE} images of digit {digits[0]} (A's domain) and {digits[1]} (B's) at a known "
+             f"share of {digits[0]}s. Budget: {s.steps} generator-side updates per method (batch {s.batch_size}, "
+             f"n_critic 5); fusion trains {s.fuse_steps} updates first, then mines for {s.steps}. Seed {seed}.", "",
              "## Selector π vs the true ratio (cf. MineGAN++ Table 4, bottom rows)", "",
-             "π = fraction of critic-argmax wins over the last `selector_window` (1000) minibatches. "
+             "π = fraction of critic-argmax wins over the last `multi.window` (1000) minibatches. "
              f"'sampled share of {da}' = of the samples (π-drawn) the digits classifier calls {da} or {db}, the "
              f"fraction called {da} ({s.share_n} samples).", "",
              f"| true share of {da} : {db} | rule | π_A | π_B | sampled share of {da} |", "|---|---|---|---|---|"]
@@ -298,8 +266,8 @@ def write_report(out, results, s: MultiSettings, sources, timing, seed=0, digits
     if singles:
         best = min(singles, key=lambda r: r["metrics"]["fid"])
         lines += ["", f"Best single-generator baseline by FID: {LABELS.get(best['name'], best['name'])}."]
-    lines += ["", f"Wall time {timing['total_s']:.0f} s ({timing['jobs']} process(es); sources {timing['source_s']:.0f} s).",
-              "", _versions_line(), ""]
+    lines += ["", f"Wall time {timing['total_s']:.0f} s ({timing['jobs']} process(es); "
+                  f"sources {timing['source_s']:.0f} s).", "", versions_line(), ""]
     path = out / "report_multi.md"
     path.write_text("\n".join(lines))
     (out / "results_multi.json").write_text(json.dumps({"settings": asdict(s), "results": results, "timing": timing},

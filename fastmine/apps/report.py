@@ -1,31 +1,24 @@
 """Markdown reports with plots: one run (``fastmine eval``) or a comparison (``fastmine demo``)."""
 from __future__ import annotations
 
-import math
 import os
 import platform
 from pathlib import Path
+
+import torch
+from matplotlib.figure import Figure
+
+from .. import __version__
+from ..evaluation import mean_std
+from ..methods import METHODS
 
 COLUMNS = (("fid", "FID ↓", "{:.2f}"), ("kmmd", "KMMD ↓", "{:.4f}"), ("mv", "MV", "{:.3f}"),
            ("target_share", "target share ↑", "{:.2f}"))
 
 
 def versions() -> dict:
-    import torch
-
-    from . import __version__
-
     return {"fastmine": __version__, "torch": torch.__version__, "python": platform.python_version(),
             "platform": platform.platform(), "cpu cores": os.cpu_count(), "torch threads": torch.get_num_threads()}
-
-
-def mean_std(values):
-    values = [v for v in values if v is not None]
-    if not values:
-        return None, None
-    m = sum(values) / len(values)
-    s = math.sqrt(sum((v - m) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else None
-    return m, s
 
 
 def fmt(values, spec):
@@ -48,13 +41,9 @@ def metrics_table(rows: dict[str, list[dict]], columns=COLUMNS) -> str:
 def plot_curves(curves: dict[str, list[list[tuple[int, float]]]], path, ylabel="FID (digits features)",
                 title=None, hline: tuple[str, float] | None = None):
     """One line per label: the mean over its runs at the steps they share, ± std shaded."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=100)
+    # a Figure of its own, not pyplot: no global figure state and no GUI backend to choose
+    fig = Figure(figsize=(6.4, 4.2), dpi=100)
+    ax = fig.subplots()
     for label, runs in curves.items():
         runs = [dict(r) for r in runs if r]
         if not runs:
@@ -62,12 +51,11 @@ def plot_curves(curves: dict[str, list[list[tuple[int, float]]]], path, ylabel="
         steps = sorted(set.intersection(*(set(r) for r in runs)))
         if not steps:
             continue
-        vals = np.array([[r[s] for s in steps] for r in runs])
-        mean = vals.mean(0)
-        (line,) = ax.plot(steps, mean, marker="o", ms=3, label=label)
+        stats = [mean_std([r[s] for r in runs]) for s in steps]
+        (line,) = ax.plot(steps, [m for m, _ in stats], marker="o", ms=3, label=label)
         if len(runs) > 1:
-            std = vals.std(0, ddof=1)
-            ax.fill_between(steps, mean - std, mean + std, color=line.get_color(), alpha=0.15)
+            ax.fill_between(steps, [m - sd for m, sd in stats], [m + sd for m, sd in stats], color=line.get_color(),
+                            alpha=0.15)
     if hline is not None:
         ax.axhline(hline[1], color="gray", ls="--", lw=1, label=hline[0])
     ax.set_xlabel("generator updates")
@@ -80,7 +68,6 @@ def plot_curves(curves: dict[str, list[list[tuple[int, float]]]], path, ylabel="
     fig.tight_layout()
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
-    plt.close(fig)
     return Path(path)
 
 
@@ -110,13 +97,13 @@ def write_run_report(run_dir, result: dict) -> Path:
     else:
         lines += ["No FID was logged during training and no checkpoints are left on disk, so there is no curve "
                   "(train with the demo's `fid_callback` to log one).", ""]
-    lines += ["## Versions", "", _versions_line(), ""]
+    lines += ["## Versions", "", versions_line(), ""]
     path = run_dir / "report.md"
     path.write_text("\n".join(lines))
     return path
 
 
-def _versions_line():
+def versions_line():
     v = versions()
     return ", ".join(f"{k} {val}" for k, val in v.items())
 
@@ -144,7 +131,7 @@ def orderings(results: dict, labels: dict, key="fid") -> list[str]:
 
 
 def write_demo_report(out, results: dict, source_scores: dict, settings, seeds, timing: dict, source,
-                      overrides=(), labels=None) -> Path:
+                      overrides=(), labels=None, quick=False) -> Path:
     """source_scores / each result: "metrics" (vs the target set) and, optionally, "heldout"
     (vs target-class images not in the target set)."""
     out = Path(out)
@@ -156,17 +143,22 @@ def write_demo_report(out, results: dict, source_scores: dict, settings, seeds, 
         return metrics_table(rows | {labels[m]: [r[key] for r in rs] for m, rs in results.items()})
 
     curves = {labels[m]: [r["curve"] for r in rs] for m, rs in results.items()}
-    plot = plot_curves(curves, out / "fid_over_steps.png",
-                       title=f"FID to the target 9s ({settings.eval_n} samples per point; mean over {len(seeds)} seed(s))")
+    plot = plot_curves(curves, out / "fid_over_steps.png", title=f"FID to the target 9s ({settings.eval_n} samples "
+                       f"per point; mean over {len(seeds)} seed(s))")
     n = source_metrics["n_real"]
     lines = ["# fastmine demo: adapting a digits 0-8 GAN to 100 images of digit 9", "",
              f"Source: a WGAN-GP pretrained on scikit-learn digits 0-8 at 16 px for {settings.source_steps} "
-             f"generator updates (`{Path(source).name}`, {'cached' if timing['source_cached'] else 'trained in this run'}). "
+             f"generator updates (`{Path(source).name}`, "
+             f"{'cached' if timing['source_cached'] else 'trained in this run'}). "
              f"Target: 100 images of digit 9 at 16 px (the paper's off-manifold MNIST setting). Every method gets "
              f"the same budget of **{settings.steps} generator updates** (MineGAN: half mining, half finetuning).", "",
-             f"Seeds: {', '.join(map(str, seeds))}" + (" — mean ± std (n−1) over seeds." if len(seeds) > 1 else
-                                                      " — one seed: no spread is shown; run `--seeds 3` for mean ± std."),
-             "", "## Results", "",
+             f"Seeds: {', '.join(map(str, seeds))}"
+             + (" — mean ± std (n−1) over seeds." if len(seeds) > 1 else
+                " — one seed: no spread is shown; run `--seeds 3` for mean ± std."),
+             "", *([f"**A `--quick` run: {settings.steps} updates from a {settings.source_steps}-update source "
+                    "check that everything runs; its numbers mean nothing and no ordering below is evidence.** "
+                    "Run `fastmine demo` for the comparison.", ""] if quick else []),
+             "## Results", "",
              f"Paper protocol: {n} generated vs the {n} target images (as many as the real set, capped at 10,000), "
              f"features of the shipped digits classifier (64-d penultimate layer); each run's value is the mean over "
              f"{settings.repeats} sample draws. Target share: fraction of samples the classifier labels 9.", "",
@@ -176,12 +168,16 @@ def write_demo_report(out, results: dict, source_scores: dict, settings, seeds, 
         lines += [f"The same against the {h} digit-9 images of the dataset that are **not** in the target set "
                   f"({h} generated): FID against the 100 training images rewards reproducing them, this does not.", "",
                   table("heldout"), ""]
-    lines += ["KMMD: unbiased squared MMD, Gaussian kernel, bandwidth = median pairwise distance of the pooled features "
-              f"(σ ≈ {source_metrics['kmmd_sigma']:.3g} for the source). MV: mean over feature dimensions of the variance "
-              "across generated samples (the real 9s' MV is the reference, higher is not better by itself).", "",
-              "### The paper's orderings (FID, lower is better)", "", "Against the target set:", "",
-              *orderings(results, labels), ""]
-    if all("heldout" in r for rs in results.values() for r in rs):
+    lines += ["KMMD: unbiased squared MMD, Gaussian kernel, bandwidth = median pairwise distance of the pooled "
+              f"features (σ ≈ {source_metrics['kmmd_sigma']:.3g} for the source). MV: mean over feature dimensions of "
+              "the variance across generated samples (the real 9s' MV is the reference, higher is not better by "
+              "itself).", "",
+              "### The paper's orderings (FID, lower is better)", ""]
+    if quick:
+        lines += ["Not judged in a `--quick` run.", ""]
+    else:
+        lines += ["Against the target set:", "", *orderings(results, labels), ""]
+    if not quick and all("heldout" in r for rs in results.values() for r in rs):
         lines += ["Against the held-out 9s:", "", *orderings({m: [{"metrics": r["heldout"]} for r in rs]
                                                              for m, rs in results.items()}, labels), ""]
     lines += ["## FID over training", "", f"![FID over steps]({plot.name})", "",
@@ -197,23 +193,21 @@ def write_demo_report(out, results: dict, source_scores: dict, settings, seeds, 
     for m, rs in results.items():
         c = rs[0]["config"]
         t = c.train
-        miner = f"{c.miner.seed_dist} | {c.miner.init}" if m in ("minegan_noft", "minegan", "reprogram") else "– | –"
+        miner = f"{c.miner.seed_dist} | {c.miner.init}" if METHODS[m].uses_miner else "– | –"
         lines.append(f"| {labels[m]} | {t.lr:g} / {t.critic_lr:g} | {tuple(t.betas)} | {t.n_critic} | {t.batch_size} | "
-                     f"{t.gp_weight:g} | {t.mine_steps} | {miner} |")
+                     f"{c.loss.gp_weight:g} | {t.mine_steps} | {miner} |")
     if overrides:
         lines += ["", "Extra overrides: " + ", ".join(f"`{o}`" for o in overrides)]
-    if math.isnan(timing["total_s"]):
-        total = "Total wall time not recorded (this report was rebuilt from the run folders on disk)."
-    else:
-        total = (f"Total wall time {timing['total_s'] / 60:.1f} min (source "
-                 f"{'loaded from cache' if timing['source_cached'] else 'pretraining'}: {timing['source_s']:.0f} s; "
-                 f"{timing.get('jobs', 1)} run(s) in parallel).")
+    total = (f"Total wall time {timing['total_s'] / 60:.1f} min (source "
+             f"{'loaded from cache' if timing['source_cached'] else 'pretraining'}: {timing['source_s']:.0f} s; "
+             f"{timing['jobs']} run(s) in parallel).")
     lines += ["", "## Timing", "",
               total + " Per run (training, incl. logged evaluations): " +
-              ", ".join(f"{labels[m]} {mean_std([r['train_s'] for r in rs])[0]:.0f} s" for m, rs in results.items()) + ".",
+              ", ".join(f"{labels[m]} {mean_std([r['train_s'] for r in rs])[0]:.0f} s"
+                        for m, rs in results.items()) + ".",
               f"Load average (1/5/15 min) at start {timing['load_start']}, at end {timing['load_end']} — "
               "above the core count means other work shared the CPU and the times are inflated.", "",
-              "## Versions", "", _versions_line(), ""]
+              "## Versions", "", versions_line(), ""]
     path = out / "report.md"
     path.write_text("\n".join(lines))
     return path

@@ -14,7 +14,7 @@ from .features import (
     get_feature_extractor,
     load_digits_feature_net,
 )
-from .scores import evaluate, extract, fid, kmmd, mv, target_share
+from .scores import extract, fid, kmmd, mv, target_share
 
 __all__ = [
     "DIGITS_WEIGHTS_PATH",
@@ -24,7 +24,6 @@ __all__ = [
     "digits_weights_metadata",
     "get_feature_extractor",
     "load_digits_feature_net",
-    "evaluate",
     "extract",
     "fid",
     "kmmd",

@@ -27,6 +27,9 @@ from typing import Optional, Union
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from safetensors import safe_open
+from safetensors.torch import load_file
+from torchmetrics.image.fid import NoTrainInceptionV3
 
 __all__ = [
     "DigitsFeatureNet",
@@ -112,8 +115,6 @@ class DigitsFeatureNet(nn.Module):
 def digits_weights_metadata(path: Optional[Union[str, os.PathLike]] = None) -> dict:
     """Metadata recorded in the shipped digits weights file (values decoded from JSON
     where they are JSON, e.g. ``test_accuracy`` is a float)."""
-    from safetensors import safe_open
-
     path = Path(path) if path is not None else DIGITS_WEIGHTS_PATH
     if not path.is_file():
         raise FileNotFoundError(
@@ -138,8 +139,6 @@ def load_digits_feature_net(
 
     ``net.metadata`` holds the file's metadata; ``net.recorded_accuracy()`` the test
     accuracy the training script measured."""
-    from safetensors.torch import load_file
-
     meta = digits_weights_metadata(path)
     path = Path(path) if path is not None else DIGITS_WEIGHTS_PATH
     net = DigitsFeatureNet(
@@ -164,8 +163,8 @@ def _missing_inception_message(path) -> str:
         f"Obtain the file {INCEPTION_WEIGHTS_FILENAME} (torch-fidelity's PyTorch port of "
         "TensorFlow's pt_inception-2015-12-05 FID network) on a machine with internet "
         "access, copy it here, and pass its path as the `inception_weights` argument "
-        "(config key `inception_weights`, e.g. metrics.inception_weights: /path/to/"
-        f"{INCEPTION_WEIGHTS_FILENAME}). Or use extractor='digits', the offline default."
+        f"(`fastmine eval --inception-weights /path/to/{INCEPTION_WEIGHTS_FILENAME}`). "
+        "Or use extractor='digits', the offline default."
     )
 
 
@@ -178,8 +177,8 @@ class InceptionFeatures(nn.Module):
     1 or 3 channels are quantised to uint8 RGB (grey repeated to 3 channels); the
     network resizes them to 299x299 itself.
 
-    The path is checked before anything else is imported, so a missing file raises
-    ``FileNotFoundError`` without any network code being loaded.
+    The path is checked before the network is built, so a missing file raises
+    ``FileNotFoundError`` and nothing ever falls back to a download.
     """
 
     num_features = 2048
@@ -194,8 +193,6 @@ class InceptionFeatures(nn.Module):
                 "(`pip install torch-fidelity`, or `pip install torchmetrics[image]`); "
                 "it is only used to build the network around your local weights file."
             )
-        from torchmetrics.image.fid import NoTrainInceptionV3
-
         self.weights_path = str(weights_path)
         self.net = NoTrainInceptionV3(
             name="inception-v3-compat",

@@ -1,4 +1,5 @@
-"""Scores on features: FID, KMMD, MV, target share, and the paper's ``evaluate`` protocol.
+"""Scores on features: FID, KMMD, MV, target share (the paper's protocol around them is
+:mod:`fastmine.evaluation`).
 
 All scores take feature matrices [N, F] (any float dtype, any device) and compute on the
 CPU in float64.
@@ -27,7 +28,7 @@ KMMD
     a != b of the pooled real+fake features (numpy median; when more than
     ``MEDIAN_MAX_POINTS`` pooled points exist, over a fixed-seed random subset of that
     many). The sigma used is returned with ``return_bandwidth=True`` and reported by
-    ``evaluate`` as ``kmmd_sigma``.
+    :class:`fastmine.evaluation.Scorer` as ``kmmd_sigma``.
 
 MV
     Mean variance (the paper's diversity measure, after BSA [16]): mean over feature
@@ -39,13 +40,14 @@ MV
 from __future__ import annotations
 
 import logging
-from typing import Callable, Optional, Union
+from typing import Optional
 
 import numpy as np
 import torch
 import torch.nn as nn
+from torchmetrics.image.fid import FrechetInceptionDistance
 
-__all__ = ["fid", "kmmd", "mv", "target_share", "evaluate", "extract", "MEDIAN_MAX_POINTS"]
+__all__ = ["fid", "kmmd", "mv", "target_share", "extract", "MEDIAN_MAX_POINTS"]
 
 log = logging.getLogger(__name__)
 
@@ -80,8 +82,6 @@ class _Identity(nn.Module):
 # ----------------------------------------------------------------------------------- FID
 def fid(real_feats, fake_feats) -> float:
     """Fréchet distance between Gaussians fitted to two feature sets [N, F] (float64)."""
-    from torchmetrics.image.fid import FrechetInceptionDistance
-
     r, f = _as_f64(real_feats, "real_feats"), _as_f64(fake_feats, "fake_feats")
     if r.shape[1] != f.shape[1]:
         raise ValueError(f"feature dims differ: {r.shape[1]} vs {f.shape[1]}")
@@ -169,7 +169,7 @@ def target_share(logits, target_class: int) -> float:
     return float((logits.argmax(1) == int(target_class)).double().mean())
 
 
-# ------------------------------------------------------------------------------ evaluate
+# ------------------------------------------------------------------------------ features
 @torch.no_grad()
 def extract(extractor: nn.Module, images: torch.Tensor, batch_size: int = 500, device="cpu", with_logits=False):
     """Features (and logits when ``with_logits``) of ``images`` in batches, on the CPU."""
@@ -184,76 +184,3 @@ def extract(extractor: nn.Module, images: torch.Tensor, batch_size: int = 500, d
         feats.append(fe.double().cpu())
     f = torch.cat(feats)
     return (f, torch.cat(logits)) if with_logits else f
-
-
-def evaluate(
-    sample_fn: Callable[[int], torch.Tensor],
-    real_images: torch.Tensor,
-    extractor: Union[str, nn.Module] = "digits",
-    target_class: Optional[int] = None,
-    n_cap: int = 10000,
-    batch_size: int = 500,
-    device: Union[str, torch.device] = "cpu",
-    inception_weights: Optional[str] = None,
-    kmmd_bandwidth: Optional[float] = None,
-    seed: int = 0,
-) -> dict:
-    """Score a generator against real images with the paper's protocol.
-
-    As many generated as real images, both capped at ``n_cap`` (10,000): with more real
-    images a fixed-seed random subset of ``n_cap`` is used. ``sample_fn(n)`` must return
-    ``n`` images NCHW in [-1, 1]; it is called in batches of ``batch_size`` under
-    ``torch.no_grad()``. ``extractor``: "digits" (shipped, offline), "inception" (needs
-    ``inception_weights``, a local file) or a module with ``features(x)``;
-    ``target_class`` needs a class head (``forward_with_features``), e.g. the digits net.
-
-    Returns {fid, kmmd, kmmd_sigma, mv, [target_share], n_real, n_fake, extractor}.
-    """
-    from .features import get_feature_extractor
-
-    name = extractor if isinstance(extractor, str) else type(extractor).__name__
-    if isinstance(extractor, str):
-        extractor = get_feature_extractor(extractor, weights=inception_weights if extractor.lower().startswith("incep") else None, device=device)
-    with_logits = target_class is not None
-    if with_logits and not hasattr(extractor, "forward_with_features"):
-        raise ValueError(f"target_class needs an extractor with a class head; {name} has none (use 'digits')")
-
-    real_images = torch.as_tensor(real_images)
-    n_real = min(len(real_images), int(n_cap))
-    if n_real < 2:
-        raise ValueError("need at least 2 real images")
-    if len(real_images) > n_real:
-        g = torch.Generator().manual_seed(seed)
-        real_images = real_images[torch.randperm(len(real_images), generator=g)[:n_real]]
-
-    real_feats = extract(extractor, real_images, batch_size, device)
-    fake_feats, fake_logits, n_done = [], [], 0
-    with torch.no_grad():
-        while n_done < n_real:
-            nb = min(batch_size, n_real - n_done)
-            xb = sample_fn(nb)
-            if len(xb) != nb:
-                raise ValueError(f"sample_fn({nb}) returned {len(xb)} images")
-            out = extract(extractor, xb.detach(), batch_size, device, with_logits=with_logits)
-            if with_logits:
-                fake_feats.append(out[0])
-                fake_logits.append(out[1])
-            else:
-                fake_feats.append(out)
-            n_done += nb
-    fake_feats = torch.cat(fake_feats)
-
-    k, sigma = kmmd(real_feats, fake_feats, bandwidth=kmmd_bandwidth, return_bandwidth=True)
-    res = {
-        "fid": fid(real_feats, fake_feats),
-        "kmmd": k,
-        "kmmd_sigma": sigma,
-        "mv": mv(fake_feats),
-        "n_real": n_real,
-        "n_fake": len(fake_feats),
-        "extractor": name,
-    }
-    if with_logits:
-        res["target_share"] = target_share(torch.cat(fake_logits), target_class)
-    log.info("evaluate: %s", res)
-    return res

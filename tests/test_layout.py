@@ -1,0 +1,143 @@
+"""The package's shape (README "Layout"): no import cycles, imports at the top, the library
+never reaching into the apps, the CLI or the benchmarks, kernels knowing nothing of fastmine."""
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = ROOT / "fastmine"
+KERNELS = ROOT / "kernels"
+APPS = ("fastmine.apps", "fastmine.cli")
+
+
+def _module_name(path: Path) -> str:
+    rel = path.relative_to(ROOT).with_suffix("")
+    parts = list(rel.parts)
+    if parts[-1] == "__init__":
+        parts = parts[:-1]
+    return ".".join(parts)
+
+
+def _resolve(node, module: str, is_package: bool) -> list:
+    """Absolute names a (from-)import statement refers to."""
+    if isinstance(node, ast.Import):
+        return [a.name for a in node.names]
+    base = module if is_package else module.rsplit(".", 1)[0]
+    if node.level:
+        base = ".".join(base.split(".")[: len(base.split(".")) - node.level + 1])
+        target = f"{base}.{node.module}" if node.module else base
+    else:
+        target = node.module
+    return [target] + [f"{target}.{a.name}" for a in node.names]
+
+
+def _imports():
+    """{module: (imports at module level, imports inside functions or classes)} of fastmine."""
+    out = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        module = _module_name(path)
+        tree = ast.parse(path.read_text())
+        top, nested = set(), set()
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.Import, ast.ImportFrom)):
+                names = _resolve(node, module, path.name == "__init__.py")
+                (top if node in tree.body else nested).update(names)
+        out[module] = (top, nested)
+    return out
+
+
+MODULES = _imports()
+
+
+def _internal(names):
+    return {n for n in names if n in MODULES}
+
+
+def test_no_import_cycles():
+    graph = {m: _internal(top) - {m} for m, (top, _) in MODULES.items()}
+    # a package imports its submodules: only edges into other packages' modules can close a cycle
+    for m in graph:
+        graph[m] = {d for d in graph[m] if not d.startswith(m + ".")}
+    state, stack = {}, []
+
+    def visit(m):
+        state[m] = "open"
+        stack.append(m)
+        for d in sorted(graph[m]):
+            if state.get(d) == "open":
+                cycle = stack[stack.index(d):] + [d]
+                pytest.fail("import cycle: " + " -> ".join(cycle))
+            if d not in state:
+                visit(d)
+        stack.pop()
+        state[m] = "done"
+
+    for m in sorted(graph):
+        if m not in state:
+            visit(m)
+
+
+def test_library_imports_stay_at_the_top():
+    hidden = {m: sorted(n for n in _internal(nested) | {n for n in nested if n.startswith("fastmine")})
+              for m, (_, nested) in MODULES.items()}
+    hidden = {m: v for m, v in hidden.items() if v}
+    assert not hidden, f"fastmine imports inside functions (they hide cycles): {hidden}"
+
+
+def test_the_library_does_not_import_apps_cli_or_benchmarks():
+    for module, (top, nested) in MODULES.items():
+        if module.startswith(APPS):
+            continue
+        bad = sorted(n for n in top | nested if n.startswith(APPS + ("fastmine_benchmarks",)))
+        assert not bad, f"{module} imports {bad}: the library must not depend on the apps, the CLI or the benchmarks"
+
+
+# README "Layout": a module may import modules of lower layers and of its own (the parts use
+# each other); config and methods import nothing of fastmine
+LAYERS = {
+    0: ("config", "methods"),
+    1: ("latent", "nets", "miner", "samplers", "losses", "data", "images", "sparse", "metrics"),
+    2: ("multi", "fusion"),
+    3: ("files",),
+    4: ("conditional",),
+    5: ("trainer", "distributed"),
+    6: ("runs",),
+    7: ("api", "evaluation", ""),
+    8: ("apps", "cli"),
+}
+
+
+def _layer(module: str) -> int:
+    head = module.split(".")[1] if "." in module else ""
+    return next(layer for layer, names in LAYERS.items() if head in names)
+
+
+def test_imports_follow_the_layers_of_the_readme_table():
+    for module, (top, _) in MODULES.items():
+        mine = _layer(module)
+        for dep in sorted(_internal(top)):
+            if dep == "fastmine" and module.startswith("fastmine.apps"):
+                continue  # the apps may use the public face
+            if module.startswith(dep + "."):
+                continue  # a package's __init__ importing its own submodules
+            allowed = _layer(dep) < mine or (_layer(dep) == mine and mine != 0)
+            assert allowed, f"{module} (layer {mine}) imports {dep} (layer {_layer(dep)})"
+
+
+def test_kernels_know_nothing_of_fastmine():
+    for path in KERNELS.glob("*.py"):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("fastmine"):
+                pytest.fail(f"kernels/{path.name} imports {node.module}")
+            if isinstance(node, ast.Import):
+                assert not any(a.name.startswith("fastmine") for a in node.names), path.name
+
+
+def test_the_cycle_check_sees_a_cycle(tmp_path, monkeypatch):
+    """The graph walk above finds a planted two-module cycle (so an empty result means something)."""
+    planted = {"fastmine.a": ({"fastmine.b"}, set()), "fastmine.b": ({"fastmine.a"}, set())}
+    monkeypatch.setattr(__import__(__name__), "MODULES", planted)
+    with pytest.raises(pytest.fail.Exception, match="import cycle: fastmine.a -> fastmine.b -> fastmine.a"):
+        test_no_import_cycles()
