@@ -45,19 +45,24 @@ def _settings_help() -> str:
     return "\n".join(lines)
 
 
+def command_defaults(cmd, config_path=None, overrides=()) -> dict:
+    """The command's preset, less its data when the user names another dataset: the preset's
+    data (digits, a label filter, limit 100) belongs to the built-in digits, and a folder or a
+    tensor file is loaded whole unless the user limits it."""
+    defaults = COMMAND_DEFAULTS[cmd]
+    user = merge(read_yaml(config_path) if config_path else {}, parse_overrides(overrides))
+    dataset = (user.get("data") or {}).get("dataset")
+    if dataset and dataset != defaults.get("data", {}).get("dataset"):
+        defaults = {k: v for k, v in defaults.items() if k != "data"}
+    return defaults
+
+
 def _train_command(cmd, args):
     config_path = None
     overrides = list(args.overrides)
     if overrides and overrides[0].endswith((".yaml", ".yml")) and "=" not in overrides[0]:
         config_path = overrides.pop(0)
-    defaults = COMMAND_DEFAULTS[cmd]
-    user = merge(read_yaml(config_path) if config_path else {}, parse_overrides(overrides))
-    dataset = (user.get("data") or {}).get("dataset")
-    if dataset and dataset != defaults.get("data", {}).get("dataset"):
-        # the preset's data (digits, a label filter, limit 100) belongs to the built-in digits:
-        # a folder or tensor file is loaded whole unless the user limits it
-        defaults = {k: v for k, v in defaults.items() if k != "data"}
-    cfg = load_config(config_path, overrides, defaults=defaults)
+    cfg = load_config(config_path, overrides, defaults=command_defaults(cmd, config_path, overrides))
     stored = cfg.run_dir / "config.yaml"
     if args.resume and stored.is_file():
         # the run's own settings are the base; what the command line says on top of them is

@@ -107,3 +107,14 @@ def test_eval_refuses_digits_features_on_other_data(tmp_path):
     dump_config(RunConfig(data=DataConfig(dataset="folder", path="faces")), run / "config.yaml")
     with pytest.raises(ValueError, match="digits feature network scores .* --extractor inception"):
         fm.evaluate_run(run)
+
+
+def test_the_commands_digits_preset_does_not_cut_other_datasets(tmp_path):
+    from fastmine.cli import command_defaults
+    from fastmine.config import load_config
+
+    over = ["data.dataset=folder", f"data.path={tmp_path}"]
+    cfg = load_config(None, over, command_defaults("mine", None, over))
+    assert cfg.data.limit is None and cfg.data.labels is None
+    digits = load_config(None, [], command_defaults("mine"))
+    assert digits.data.limit == 100 and digits.data.labels == [9]
