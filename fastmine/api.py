@@ -65,8 +65,9 @@ def make_config(method: str, settings: dict, config=None, run_dir=None) -> RunCo
             raise ConfigError(f"setting {key!r} is ambiguous: it is a key of {' and '.join(owners[key])}; pass it "
                               f"in its section, e.g. {owners[key][0]}_cfg={{{key!r}: ...}}")
         else:
+            unique = sorted(k for k, v in owners.items() if len(v) == 1 and k not in _TOP)
             raise ConfigError(f"unknown setting {key!r}; valid: {', '.join(_TOP)}, any key of a config section "
-                              f"by its name ({', '.join(sorted(k for k, v in owners.items() if len(v) == 1))}), "
+                              f"by its name ({', '.join(unique)}), "
                               f"or a whole section as {', '.join(s + '_cfg' for s in _SECTIONS)}")
     return from_dict(RunConfig, data)
 

@@ -1,12 +1,16 @@
 """`fastmine demo --quick` and `fastmine eval` end to end (CPU, about a minute together)."""
 import json
 import math
+import multiprocessing
+import os
 import re
+from pathlib import Path
 
 import pytest
+import torch
 from PIL import Image
 
-from fastmine.apps.demo import DEMO_METHODS, LABELS, QUICK
+from fastmine.apps.demo import DEMO_METHODS, LABELS, QUICK, pretrained_source
 from fastmine.apps.report import orderings
 from fastmine.cli import main
 
@@ -114,3 +118,26 @@ def test_orderings_judge_means_and_spread():
     lines = orderings(runs, LABELS)
     assert lines == ["- MineGAN < TransferGAN: holds — 11.00 vs 32.00 (outside one std of each other)",
                      "- TransferGAN < from scratch: does **not** hold — 32.00 vs 32.00 (within one std)"]
+
+
+def _cached_source(cache, barrier, results):
+    os.environ["FASTMINE_CACHE"] = cache
+    torch.set_num_threads(1)
+    barrier.wait()  # both ask for the source at the same moment
+    results.put(str(pretrained_source(steps=30, seed=5)))
+
+
+@pytest.mark.slow
+def test_two_demos_share_an_empty_source_cache(tmp_path):
+    """Started together on an empty cache, the second waits for the first's source and reuses it."""
+    ctx = multiprocessing.get_context("spawn")
+    barrier, results = ctx.Barrier(2), ctx.Queue()
+    procs = [ctx.Process(target=_cached_source, args=(str(tmp_path), barrier, results)) for _ in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(300)
+    assert [p.exitcode for p in procs] == [0, 0]
+    paths = [results.get(timeout=5) for _ in procs]
+    assert paths[0] == paths[1] and Path(paths[0]).is_file()
+    assert [p.name for p in (tmp_path / "sources").iterdir() if p.suffix == ".safetensors"] == [Path(paths[0]).name]
