@@ -33,6 +33,8 @@ setup(
         "deepspeed": ["deepspeed>=0.15"],
         # BigGAN adapter for conditional mining (weights from a local file; nothing is downloaded)
         "biggan": ["pytorch-pretrained-biggan>=0.1.1"],
+        # offline TensorBoard event files for every run (log.trackers, fastmine/trackers.py)
+        "tensorboard": ["tensorboard>=2.10"],
     },
     entry_points={"console_scripts": ["fastmine=fastmine.cli:main"],
                   "fastmine.commands": ["bench=fastmine_benchmarks.bench_step:main"]},

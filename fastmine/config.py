@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Optional
 
 import yaml
+from accelerate.tracking import LOGGER_TYPE_TO_CLASS
 
 
 @dataclass
@@ -117,6 +118,7 @@ class LogConfig:
     keep_checkpoints: int = 2
     grid_size: int = 64              # samples per grid
     progress: bool = True
+    trackers: Optional[list] = None  # Accelerate trackers by name; None: tensorboard when installed (fastmine.trackers)
 
 
 @dataclass
@@ -439,6 +441,10 @@ def validate(cfg: RunConfig) -> RunConfig:
     _choice(cfg, "multi.path", ("fast", "naive"))
     _choice(cfg, "dist.shard", ("none", "fsdp2", "zero3", "auto"))
     _choice(cfg, "dist.backend", ("auto", "gloo", "nccl"))
+    unknown = [n for n in cfg.log.trackers or () if n not in LOGGER_TYPE_TO_CLASS]
+    if unknown:
+        raise ConfigError(f"log.trackers: unknown tracker(s) {unknown}; Accelerate knows "
+                          f"{', '.join(sorted(LOGGER_TYPE_TO_CLASS))}")
     _choice(cfg, "data.dataset", ("digits", "folder", "tensor"))
     _choice(cfg, "data.channels", ("gray", "rgb", None))
     _choice(cfg, "data.fit", ("crop", "pad", "stretch"))

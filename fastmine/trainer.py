@@ -19,7 +19,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
+from PIL import Image
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -28,6 +30,7 @@ from .data import DeviceSampler
 from .files import atomic_save_safetensors, atomic_torch_save, atomic_write_text, read_file
 from .images import save_grid
 from .losses import check_critic_for_penalty, critic_loss, gradient_penalty, sampler_loss
+from .trackers import Trackers
 
 AMP = ("none", "bf16")
 COMPILE = ("none", "sampler", "first_order")
@@ -125,6 +128,7 @@ class Trainer:
         if hasattr(self.sampler, "bind_critic"):  # samplers that select with the critic (multi-generator)
             self.sampler.bind_critic(self.critic, distributed.all_reduce_sum_ if self.world > 1 else None)
         self.run_dir = Path(run_dir) if run_dir else None
+        self.trackers = Trackers(cfg.log.trackers, self.run_dir, cfg) if self.run_dir and self.is_main else None
         self.callbacks = list(callbacks)
         self.seed = seed
         # one random stream per rank, on the training device: seeds, batches and ε all come
@@ -322,6 +326,8 @@ class Trainer:
             stop.restore()
             if progress:
                 progress.close()
+            if self.trackers is not None:
+                self.trackers.finish()
         if self.channels_last:  # hand the modules back in the default layout: a user's `x.view(n, -1)`
             # on a channels_last sample would fail
             _to_channels_last(self.sampler, torch.contiguous_format)
@@ -354,6 +360,8 @@ class Trainer:
         for cb in self.callbacks:
             row.update(cb(self, step) or {})
         self._reset_stats()
+        if self.trackers is not None:
+            self.trackers.log(row, step)
         if self.run_dir and self.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             with open(self.run_dir / "metrics.jsonl", "a") as f:
@@ -371,7 +379,11 @@ class Trainer:
         if not self.is_main:
             return None
         real = self.data.preview(512) if images.ndim == 2 else None
-        return save_grid(images, self.run_dir / "samples" / f"step_{step:07d}.png", real=real)
+        path = save_grid(images, self.run_dir / "samples" / f"step_{step:07d}.png", real=real)
+        if self.trackers is not None:
+            with Image.open(path) as im:
+                self.trackers.log_image("samples", np.asarray(im.convert("RGB")), step)
+        return path
 
     # ------------------------------------------------------------------ checkpoints
     @property

@@ -97,7 +97,7 @@ def test_the_library_does_not_import_apps_cli_or_benchmarks():
 # each other); config and methods import nothing of fastmine
 LAYERS = {
     0: ("config", "methods"),
-    1: ("latent", "nets", "miner", "samplers", "losses", "data", "images", "sparse", "metrics"),
+    1: ("latent", "nets", "miner", "samplers", "losses", "data", "images", "sparse", "metrics", "trackers"),
     2: ("multi", "fusion"),
     3: ("files",),
     4: ("conditional",),
