@@ -7,8 +7,9 @@ config, all through the one builder path of :mod:`fastmine.runs`.
     result = fm.mine(G, target, steps=300)
     images = result.sampler.sample(64, seed=0)
 
-Settings are keyword arguments: any key of a config section by its own name when the name
-is unambiguous (``steps=``, ``gp_weight=``, ``seed_dist=``, ``rule=``), a whole section as
+Settings are keyword arguments: any key of a config section by its own name (``steps=``,
+``gp_weight=``, ``seed_dist=``, ``rule=``; a name several sections have goes to the first of
+train, loss, miner that has it, and is an error otherwise), a whole section as
 ``<section>_cfg=`` (a dict or the section's dataclass: ``train_cfg=``, ``loss_cfg=``,
 ``miner_cfg=``, ``dist_cfg=`` ...), or a base ``config=`` (a :class:`RunConfig` or nested
 dict). An unknown or misplaced setting is a :class:`~fastmine.config.ConfigError` naming the
@@ -19,10 +20,16 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from .config import ConfigError, RunConfig, from_dict, merge, to_dict
-from .files import has_critic, load_sampler
+import torch
+
+from .config import ConfigError, InvertConfig, RunConfig, from_dict, merge, to_dict
+from .data import load_image_folder
+from .files import has_critic, load_any, load_sampler
+from .inversion import Inversion
+from .inversion import invert as run_inversion
+from .latent import draw
 from .methods import get_method
-from .runs import Inputs, Result, Run
+from .runs import Inputs, Result, Run, resolve_device
 from .runs import prepare as prepare_run
 
 ENTRY_POINTS = {"single": "fastmine.train(generator, target, method=...)",
@@ -31,6 +38,9 @@ ENTRY_POINTS = {"single": "fastmine.train(generator, target, method=...)",
                 "conditional": "fastmine.pretrain_conditional(images, labels)"}
 
 _TOP = ("name", "out_dir", "method", "seed", "device")
+# a bare setting name that several sections have goes to the first of these that has it
+# (steps=, lr=, batch_size= are the training's; invert.steps is reached through invert_cfg=)
+PRIMARY = ("train", "loss", "miner")
 _SECTIONS = tuple(f.name for f in dataclasses.fields(RunConfig) if f.name not in _TOP)
 
 
@@ -58,8 +68,8 @@ def make_config(method: str, settings: dict, config=None, run_dir=None) -> RunCo
             section = key[:-4]
             value = to_dict(value) if dataclasses.is_dataclass(value) else dict(value or {})
             data[section] = merge(data.get(section, {}), value)
-        elif len(owners.get(key, ())) == 1:
-            section = owners[key][0]
+        elif len(owners.get(key, ())) == 1 or any(s in owners.get(key, ()) for s in PRIMARY):
+            section = next((s for s in PRIMARY if s in owners[key]), owners[key][0])
             data[section] = merge(data.get(section, {}), {key: value})
         elif key in owners:
             raise ConfigError(f"setting {key!r} is ambiguous: it is a key of {' and '.join(owners[key])}; pass it "
@@ -149,6 +159,31 @@ def pretrain_conditional(images, labels, *, run_dir=None, callbacks=(), config=N
     cfg = make_config("pretrain_conditional", settings, config, run_dir)
     inputs = Inputs(target=images, labels=labels)
     return prepare_run(cfg, inputs, callbacks=callbacks, write=run_dir is not None).fit()
+
+
+def invert(generator, images, *, features="auto", seed=0, device=None, progress=True, config=None,
+           **settings) -> Inversion:
+    """GAN inversion (:mod:`fastmine.inversion`): latents of ``generator`` (an adapter, a model
+    file, a sampler) reconstructing ``images`` (a tensor [N, ...] in [-1, 1] or an image folder).
+    Settings are keys of the ``invert`` section (``init="prior"|"encoder"``, ``steps=``, ``lr=``,
+    ``feature_weight=`` ...) or ``config=`` an :class:`InvertConfig`."""
+    cfg = from_dict(InvertConfig, merge(to_dict(config) if config is not None else {}, settings), "invert")
+    if isinstance(generator, (str, Path)):
+        generator = load_any(generator)
+    if isinstance(images, (str, Path)):
+        images = load_image_folder(images, size=generator_output_size(generator))
+    return run_inversion(generator, images, cfg, features=features, seed=seed, device=resolve_device(device),
+                         progress=progress)
+
+
+def generator_output_size(generator) -> int:
+    """The image side a generator (or the adapter inside a sampler) makes."""
+    adapter = getattr(generator, "generator", generator)
+    gen = torch.Generator().manual_seed(0)
+    latents = {n: draw(lat.prior if lat.prior != "none" else "normal", (1, *lat.shape), gen)
+               for n, lat in adapter.latent_spec.items()}
+    with torch.no_grad():
+        return int(adapter(latents).shape[-1])
 
 
 def run(cfg: RunConfig, resume=False, callbacks=()) -> Result:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import sys
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -21,12 +22,24 @@ from .apps.demo import DEMO_METHODS, run_demo
 from .apps.demo_multi import DIGITS, run_demo_multi
 from .apps.presets import COMMAND_DEFAULTS
 from .apps.report import write_run_report
-from .config import ConfigError, RunConfig, load_config, merge, parse_overrides, read_yaml, to_dict
+from .config import (
+    ConfigError,
+    RunConfig,
+    fill_defaults,
+    load_config,
+    merge,
+    parse_overrides,
+    read_yaml,
+    to_dict,
+    validate,
+)
+from .data import describe, load_data
 from .evaluation import evaluate_run
-from .files import RunFolderBusy, load_any
+from .files import RunFolderBusy, load_any, save_latents
 from .images import save_grid
-from .methods import METHODS, methods_of
-from .runs import prepare
+from .inversion import invert
+from .methods import METHODS, get_method, methods_of
+from .runs import prepare, resolve_device
 from .trainer import RunInterrupted
 
 # bad input (exit 2) and a run that failed or was stopped (exit 1): one line each, no traceback
@@ -108,6 +121,30 @@ def _eval(args):
         f"{k} {v:.4g}" for k, v in res["metrics"].items() if k in ("fid", "kmmd", "mv", "target_share")))
 
 
+def _invert(args):
+    cfg = load_config(None, args.overrides, defaults=command_defaults("mine", None, args.overrides))
+    validate(fill_defaults(cfg, get_method(cfg.method)))
+    out = Path(args.out)
+    if out.exists() and any(out.iterdir()):
+        raise FileExistsError(f"{str(out)!r} already exists; choose another --out — nothing was changed")
+    generator = load_any(args.model, trust_code=cfg.source.trust_code)
+    report = {}
+    target = load_data(cfg.data, report)
+    print(describe(cfg.data, target, report))
+    inv = invert(generator, target, cfg.invert, seed=cfg.seed, device=resolve_device(cfg.device),
+                 progress=cfg.log.progress)
+    save_latents(out / "latents.safetensors", inv)
+    # rows of up to 16 targets, each above its reconstruction
+    pairs = [t for i in range(0, len(target), 16) for t in (target[i:i + 16], inv.images[i:i + 16])]
+    save_grid(torch.cat(pairs), out / "reconstruction.png", nrow=min(16, len(target)))
+    summary = {"n": len(target), "pixel_mse": float(inv.pixel_error.mean()),
+               "random_latent_pixel_mse": float(inv.baseline_error.mean()),
+               "feature_mse": None if inv.feature_error is None else float(inv.feature_error.mean()),
+               "invert": to_dict(cfg.invert)}
+    (out / "inversion.json").write_text(json.dumps(summary, indent=1))
+    print(f"{inv.summary()}; wrote {out / 'latents.safetensors'} and {out / 'reconstruction.png'}")
+
+
 def _demo(args):
     if args.multi:
         run_demo_multi(out=args.out, quick=args.quick, seed=args.seed, steps=args.steps, jobs=args.jobs,
@@ -144,6 +181,12 @@ def build_parser(plugins=()) -> argparse.ArgumentParser:
     p.add_argument("--out", default="samples.png", help=".png grid or .pt tensor")
     p.add_argument("--device", default="cpu")
     p.add_argument("--trust-code", action="store_true", help="let the file name a factory to run (see README, Models)")
+    p = sub.add_parser("invert", help="GAN inversion: latents of MODEL that reconstruct the target images",
+                       epilog="keys: data.* (the images; default the 100 nines), invert.* (init, steps, lr, "
+                              "feature_weight, prior_weight, ...), seed, device")
+    p.add_argument("model", help="a model file or a run folder's model.safetensors")
+    p.add_argument("overrides", nargs="*", help="key=value ...")
+    p.add_argument("--out", default="runs/invert", help="folder for latents.safetensors, reconstruction.png")
     p = sub.add_parser("demo", help="digits 0-8 source (cached) -> 100 nines: all methods compared in OUT/report.md")
     p.add_argument("--quick", action="store_true", help="tiny settings (about a minute)")
     p.add_argument("--out", default="runs/demo")
@@ -195,6 +238,8 @@ def main(argv=None):
             _demo(args)
         elif args.command == "eval":
             _eval(args)
+        elif args.command == "invert":
+            _invert(args)
         else:
             _train_command(args.command, args)
     except (*BAD_INPUT, *FAILED_RUN, OSError) as e:

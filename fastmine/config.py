@@ -74,7 +74,9 @@ class MinerConfig:
     seed_dist: Optional[str] = None  # normal | uniform (default per method)
     hidden: Optional[int] = None     # default: max(latent size, seed_dim)
     layers: int = 2                  # the paper's MNIST miner: two FC layers of |z|
-    init: Optional[str] = None       # normal (paper's N(0, 0.01)) | residual (starts at the prior); default per method
+    # normal (paper's N(0, 0.01)) | residual (starts at the prior) | inversion (fitted to the target's
+    # inverted latents, invert section); default per method
+    init: Optional[str] = None
     module: Optional[str] = None     # "package.module:function" returning your own miner module (runs it)
 
 
@@ -151,6 +153,24 @@ class FusionConfig:
 
 
 @dataclass
+class InvertConfig:
+    """GAN inversion (`fastmine invert`, and miner.init=inversion): fastmine.inversion."""
+    # defaults measured on the digits source at 16 px, 32 of its own samples and 32 real 9s
+    # (fastmine.inversion's docstring has the numbers)
+    init: str = "encoder"            # prior (optimisation from prior draws) | encoder (learned, then refined)
+    steps: int = 200                 # Adam steps per batch of images (0 with init=encoder: the encoder alone)
+    lr: float = 0.05
+    batch_size: int = 64
+    pixel_weight: float = 1.0        # mean squared pixel error, images in [-1, 1]
+    feature_weight: float = 0.1      # mean squared feature error (the digits net on 1-channel images)
+    prior_weight: float = 0.01       # the prior's negative log-density, per latent dimension
+    encoder_steps: int = 500         # init=encoder: training steps on the generator's own samples
+    encoder_lr: float = 1e-3
+    fit_steps: int = 300             # miner.init=inversion: steps fitting M(u)'s mean and covariance
+    fit_lr: float = 1e-3
+
+
+@dataclass
 class DistConfig:
     """Placement across processes (launch/README.md); one process ignores it but `shard`."""
     # the frozen generator: none (replicated) | fsdp2 | zero3 | auto (from the accelerate YAML)
@@ -181,6 +201,7 @@ class RunConfig:
     multi: MultiConfig = field(default_factory=MultiConfig)
     s3: S3Config = field(default_factory=S3Config)
     fusion: FusionConfig = field(default_factory=FusionConfig)
+    invert: InvertConfig = field(default_factory=InvertConfig)
     dist: DistConfig = field(default_factory=DistConfig)
 
     @property
@@ -450,7 +471,13 @@ def validate(cfg: RunConfig) -> RunConfig:
     _choice(cfg, "data.fit", ("crop", "pad", "stretch"))
     _choice(cfg, "data.alpha", ("white", "black", "refuse"))
     _choice(cfg, "miner.seed_dist", ("normal", "uniform", None))
-    _choice(cfg, "miner.init", ("normal", "residual", None))
+    _choice(cfg, "miner.init", ("normal", "residual", "inversion", None))
+    _choice(cfg, "invert.init", ("prior", "encoder"))
+    _positive(cfg, "invert.lr", "invert.batch_size", "invert.encoder_lr", "invert.fit_lr")
+    for key in ("invert.steps", "invert.encoder_steps", "invert.fit_steps", "invert.pixel_weight",
+                "invert.feature_weight", "invert.prior_weight"):
+        if _get(cfg, key) < 0:
+            raise ConfigError(f"config key '{key}' must be >= 0, got {_get(cfg, key)}")
     return cfg
 
 

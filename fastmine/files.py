@@ -446,6 +446,21 @@ def save_any(path, sampler, critic=None, critic_build=None, extra=None):
     return save_sampler(path, sampler, critic, critic_build, extra)
 
 
+def save_latents(path, inversion):
+    """Inverted latents (one tensor per latent name) with their errors, as one safetensors file."""
+    tensors = {f"latent.{k}": v for k, v in inversion.latents.items()}
+    tensors.update(pixel_error=inversion.pixel_error, baseline_error=inversion.baseline_error)
+    if inversion.feature_error is not None:
+        tensors["feature_error"] = inversion.feature_error
+    atomic_save_safetensors(tensors, path, {"fastmine": {"format": FORMAT_VERSION, "kind": "inverted_latents"}})
+
+
+def load_latents(path) -> dict:
+    """The latents :func:`save_latents` wrote: name -> [N, ...]."""
+    tensors, _ = read_file(path)
+    return part(tensors, "latent")
+
+
 def _add_critic(tensors, info, critic, critic_build):
     if critic is not None and critic_build is not None:
         tensors.update(_prefixed("critic", critic))

@@ -33,8 +33,10 @@ from .files import (
     load_sampler,
     remove_stale_temps,
     save_any,
+    save_latents,
 )
 from .fusion import FusedSampler, PseudoRealData, attach_labels, region_means, single_latent
+from .inversion import Inversion, fit_miner, invert
 from .methods import Method, get_method
 from .miner import Miner
 from .multi import MultiSampler, selector_log
@@ -232,7 +234,22 @@ def make_miner(cfg: RunConfig, latent_spec, given=None) -> nn.Module:
     if given is not None:
         return given
     m = cfg.miner
-    return Miner(latent_spec, seed_dim=m.seed_dim, seed_dist=m.seed_dist, hidden=m.hidden, layers=m.layers, init=m.init)
+    init = m.init
+    if init == "inversion":  # the starting weights, before fit_miner moves them onto the inverted latents
+        first = next(iter(latent_spec.values()))
+        init = "residual" if (m.seed_dim or first.numel) == first.numel and first.prior != "none" else "normal"
+    return Miner(latent_spec, seed_dim=m.seed_dim, seed_dist=m.seed_dist, hidden=m.hidden, layers=m.layers, init=init)
+
+
+def start_from_inversion(cfg: RunConfig, sampler, example: torch.Tensor, device) -> Inversion:
+    """miner.init=inversion: invert (up to s3.samples of) the target, then fit the miner's
+    latents' mean and covariance to the inverted ones (fastmine.inversion)."""
+    inv = invert(sampler.generator, example, cfg.invert, seed=cfg.seed, device=device, progress=cfg.log.progress)
+    if distributed.rank() == 0:
+        print(f"miner.init=inversion: {inv.summary()}")
+    fit_miner(sampler.miner, sampler, inv.flat(sampler.generator.latent_spec), steps=cfg.invert.fit_steps,
+              lr=cfg.invert.fit_lr, seed=cfg.seed)
+    return inv
 
 
 def check_output_matches(sampler, example: torch.Tensor, device):
@@ -362,6 +379,9 @@ def build_single(cfg: RunConfig, method: Method, inputs: Inputs, ctx: Context) -
     if shard != "none":  # placement only: the frozen generator's weights are split over the ranks
         distributed.shard_generator(adapter, shard, device, ds_config=distributed.read_ds_config(cfg.dist))
     check_output_matches(sampler, example, device)
+    inversion = None
+    if method.uses_miner and cfg.miner.init == "inversion" and not isinstance(generator, Sampler):
+        inversion = start_from_inversion(cfg, sampler, example, device)
 
     critic_module, critic_build = resolve_critic(
         critic if not method.fresh_critic or isinstance(critic, nn.Module) else None, example, cfg)
@@ -395,6 +415,8 @@ def build_single(cfg: RunConfig, method: Method, inputs: Inputs, ctx: Context) -
     trainer, run_dir = _trainer(cfg, ctx, sampler, critic_module, data, groups, critic_params)
     if run_dir is not None and s3_masks is not None and distributed.rank() == 0:
         s3_masks.save(run_dir / "s3_masks.json")  # per-layer trainable fractions (Fig. 11b)
+    if run_dir is not None and inversion is not None and distributed.rank() == 0:
+        save_latents(run_dir / "inverted_latents.safetensors", inversion)  # for the report's pictures
     return Run(trainer, model_writer(cfg, run_dir, sampler, critic_module, critic_build), ctx.resume)
 
 
