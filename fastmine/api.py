@@ -53,8 +53,10 @@ def _owners() -> dict:
     return owners
 
 
-def make_config(method: str, settings: dict, config=None, run_dir=None) -> RunConfig:
-    """A :class:`RunConfig` for ``method`` from keyword ``settings`` (module docstring)."""
+def make_config(method: str, settings: dict, config=None, run_dir=None, target=None) -> RunConfig:
+    """A :class:`RunConfig` for ``method`` from keyword ``settings`` (module docstring). With a
+    ``target`` given in code the config records it: an image folder by its path, a tensor or a
+    function as ``data.dataset=given`` (so that evaluating the run later asks for it)."""
     base = to_dict(config) if isinstance(config, RunConfig) else dict(config or {})
     data = merge(base, {"method": method})
     if run_dir is not None:
@@ -79,6 +81,9 @@ def make_config(method: str, settings: dict, config=None, run_dir=None) -> RunCo
             raise ConfigError(f"unknown setting {key!r}; valid: {', '.join(_TOP)}, any key of a config section "
                               f"by its name ({', '.join(unique)}), "
                               f"or a whole section as {', '.join(s + '_cfg' for s in _SECTIONS)}")
+    if target is not None and not data.get("data"):  # data settings given beside it describe the target
+        given = {"dataset": "folder", "path": str(target)} if isinstance(target, (str, Path)) else {"dataset": "given"}
+        data["data"] = merge(data.get("data", {}), given)
     return from_dict(RunConfig, data)
 
 
@@ -99,7 +104,7 @@ def prepare(generator, target, *, method="minegan_noft", critic=None, miner=None
     kind = get_method(method).kind
     if kind != "single":
         raise ValueError(f"method {method!r} is not a single-generator method: call {ENTRY_POINTS[kind]}")
-    cfg = make_config(method, settings, config, run_dir)
+    cfg = make_config(method, settings, config, run_dir, target)
     inputs = Inputs(target=target, generators=None if generator is None else [generator], critic=critic,
                     miners=None if miner is None else [miner])
     return prepare_run(cfg, inputs, resume=resume, callbacks=callbacks, write=run_dir is not None,
@@ -136,7 +141,7 @@ def mine_multi(generators, target, *, critic=None, miner=None, run_dir=None, res
     """MineGAN(multi) (eq. 5-10): one miner per frozen generator (``miner``: your own modules,
     one per generator), critic-max selection of supersamples, the selector π
     (``result.selector_probs``). Settings as for :func:`prepare`, plus ``rule``, ``window``."""
-    cfg = make_config("minegan_multi", settings, config, run_dir)
+    cfg = make_config("minegan_multi", settings, config, run_dir, target)
     inputs = Inputs(target=target, generators=list(generators), critic=critic, miners=miner)
     return prepare_run(cfg, inputs, resume=resume, callbacks=callbacks, write=run_dir is not None,
                        accelerator=accelerator).fit()
@@ -156,7 +161,7 @@ def pretrain_conditional(images, labels, *, run_dir=None, callbacks=(), config=N
     ``fm.load_digits(size=8, return_labels=True)``; ``result.sampler.generator`` is ready for
     conditional mining (``fm.mine``), its file loads with :func:`load_generator`. Settings as
     for :func:`prepare`, plus ``latent_dim``, ``embed_dim``, ``width``, ``num_classes``."""
-    cfg = make_config("pretrain_conditional", settings, config, run_dir)
+    cfg = make_config("pretrain_conditional", settings, config, run_dir, images)
     inputs = Inputs(target=images, labels=labels)
     return prepare_run(cfg, inputs, callbacks=callbacks, write=run_dir is not None).fit()
 

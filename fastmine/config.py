@@ -31,7 +31,7 @@ from accelerate.tracking import LOGGER_TYPE_TO_CLASS
 
 @dataclass
 class DataConfig:
-    dataset: str = "digits"          # digits | folder | tensor
+    dataset: str = "digits"          # digits | folder | tensor | given (a tensor or function passed in code)
     path: Optional[str] = None       # folder or .pt/.npz file
     key: Optional[str] = None        # tensor name inside a .pt/.npz holding several
     labels: Optional[list] = None    # digits: keep these classes
@@ -466,7 +466,7 @@ def validate(cfg: RunConfig) -> RunConfig:
     if unknown:
         raise ConfigError(f"log.trackers: unknown tracker(s) {unknown}; Accelerate knows "
                           f"{', '.join(sorted(LOGGER_TYPE_TO_CLASS))}")
-    _choice(cfg, "data.dataset", ("digits", "folder", "tensor"))
+    _choice(cfg, "data.dataset", ("digits", "folder", "tensor", "given"))
     _choice(cfg, "data.channels", ("gray", "rgb", None))
     _choice(cfg, "data.fit", ("crop", "pad", "stretch"))
     _choice(cfg, "data.alpha", ("white", "black", "refuse"))

@@ -200,6 +200,9 @@ def load_data(cfg, report=None) -> torch.Tensor:
     elif cfg.dataset == "folder":
         x = load_image_folder(_need_path(cfg), size=cfg.size, channels=cfg.channels, limit=cfg.limit, seed=cfg.seed,
                               fit=cfg.fit, alpha=cfg.alpha, report=report)
+    elif cfg.dataset == "given":
+        raise ValueError("this run's target was given in code (a tensor or a function), not by its config: "
+                         "pass it again (target=...)")
     elif cfg.dataset == "tensor":
         x = load_tensor_file(_need_path(cfg), key=cfg.key)
         report.update(found=len(x))

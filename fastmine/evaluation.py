@@ -149,7 +149,7 @@ def checkpoint_curve(run_dir, scorer: Scorer, n=None, seed=0) -> list[tuple[int,
 
 
 def evaluate_run(run_dir, extractor="digits", inception_weights=None, target_class="auto", repeats=5,
-                 n_cap=10_000, seed=0) -> dict:
+                 n_cap=10_000, seed=0, target=None) -> dict:
     """Score RUN_DIR/model.safetensors against the target data its config.yaml names, with
     the paper's protocol; with the FID over training (from the logged evaluations, or failing
     that from the checkpoints on disk). ``fastmine eval`` writes it up as RUN_DIR/report.md."""
@@ -160,11 +160,12 @@ def evaluate_run(run_dir, extractor="digits", inception_weights=None, target_cla
         if not p.is_file():
             raise FileNotFoundError(f"{str(run_dir)!r} is not a finished run folder: {p.name} is missing")
     cfg = load_config(cfg_path)
-    if extractor == "digits" and cfg.data.dataset != "digits":
+    if extractor == "digits" and cfg.data.dataset in ("folder", "tensor"):
         raise ValueError(f"the digits feature network scores 16 px handwritten digits, not this run's "
                          f"{cfg.data.dataset} data ({cfg.data.path}): pass --extractor inception with "
                          "--inception-weights FILE for the paper's FID on natural images")
-    real = load_data(cfg.data)
+    # a target given in code is not in the config (data.dataset=given): the caller passes it again
+    real = torch.as_tensor(target).float() if target is not None else load_data(cfg.data)
     if real.ndim != 4:
         raise ValueError("fastmine eval scores images; this run's data are vectors")
     if target_class == "auto":

@@ -118,3 +118,14 @@ def test_the_commands_digits_preset_does_not_cut_other_datasets(tmp_path):
     assert cfg.data.limit is None and cfg.data.labels is None
     digits = load_config(None, [], command_defaults("mine"))
     assert digits.data.limit == 100 and digits.data.labels == [9]
+
+
+def test_a_target_given_in_code_is_recorded_and_asked_for_again(digits_source, tmp_path, one_thread):
+    from fastmine.config import load_config
+
+    target = fm.load_digits(labels=[9], limit=32, size=8)
+    fm.mine(str(digits_source), target, steps=2, batch_size=8, progress=False, run_dir=tmp_path / "r")
+    assert load_config(tmp_path / "r" / "config.yaml").data.dataset == "given"
+    with pytest.raises(ValueError, match="given in code"):
+        fm.evaluate_run(tmp_path / "r", repeats=1)
+    assert fm.evaluate_run(tmp_path / "r", repeats=1, target=target)["metrics"]["n_real"] == 32

@@ -29,6 +29,7 @@ from ..evaluation import Scorer, evaluate_sampler, fid_callback, logged_curve
 from ..files import load_sampler
 from ..images import save_grid
 from ..methods import METHODS
+from .pictures import interpolation_picture, keep_global_random_state, latent_picture
 from .presets import COMMAND_DEFAULTS
 from .report import write_demo_report, write_run_report
 
@@ -126,12 +127,27 @@ def run_demo(out="runs/demo", quick=False, seed=0, seeds=1, methods=DEMO_METHODS
     for r in done:
         results[r["method"]].append(r)
     save_grid(load_sampler(source).sample(64, seed=0), out / "samples_source.png")
+    t0 = time.perf_counter()
+    mined = mined_pictures(out, results)
     timing = {"total_s": time.perf_counter() - t_start, "source_s": source_s, "source_cached": cached,
-              "load_start": load_start, "load_end": _loadavg(), "jobs": jobs}
+              "load_start": load_start, "load_end": _loadavg(), "jobs": jobs, "pictures_s": time.perf_counter() - t0}
     report = write_demo_report(out, results, source_scores, settings=s, seeds=seed_list, timing=timing, quick=quick,
-                               source=source, overrides=list(overrides), labels=LABELS)
+                               source=source, overrides=list(overrides), labels=LABELS, mined=mined)
     print(f"wrote {report}")
     return {"report": report, "results": results, "source_metrics": source_scores["metrics"], "timing": timing}
+
+
+def mined_pictures(out: Path, results: dict, method: str = "minegan_noft") -> dict | None:
+    """The latent picture and interpolation strip of ``method``'s first-seed run, in OUT (None
+    when it did not run). Drawn after every run, from their own generators."""
+    if not results.get(method):
+        return None
+    with keep_global_random_state():
+        sampler = load_sampler(Path(results[method][0]["run_dir"]) / "model.safetensors")
+    return {"method": method, "seed": results[method][0]["seed"],
+            "latents": latent_picture(sampler, out / f"latents_{method}.png").name,
+            "interpolation": interpolation_picture(sampler, out / f"interpolation_{method}.png").name,
+            "seed_dist": sampler.seed_dist}
 
 
 def target_data():

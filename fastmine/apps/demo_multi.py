@@ -36,6 +36,7 @@ from ..files import load_generator
 from ..images import save_grid
 from ..metrics.scores import extract
 from .demo import pretrained_source
+from .pictures import selector_picture, selector_rows
 from .report import versions_line
 
 GROUP_A = (0, 1, 2, 3, 4)
@@ -222,6 +223,23 @@ def _f(x, spec=".2f"):
     return "nan" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, spec)
 
 
+def selector_over_training(out: Path, multi: dict, digits=DIGITS, ratios=RATIOS) -> Path | None:
+    """OUT/selector_over_training.png: π of every multi-generator run over its logged steps, a
+    row of panels per rule, a column per true share (None when no run logged π)."""
+    panels = []
+    for rule in RULES:
+        for ratio in ratios:
+            r = multi.get((rule, ratio))
+            rows = selector_rows(out / r["name"]) if r is not None else []
+            if rows:
+                panels.append({"rows": rows, "truth": [ratio, 1 - ratio],
+                               "title": f"{rule}, true share of {digits[0]}: {ratio:.2f}"})
+    if not panels:
+        return None
+    names = [f"A (digits {GROUP_A[0]}-{GROUP_A[-1]})", f"B (digits {GROUP_B[0]}-{GROUP_B[-1]})"]
+    return selector_picture(panels, out / "selector_over_training.png", names=names)
+
+
 def write_report(out, results, s: MultiSettings, sources, timing, seed=0, digits=DIGITS, ratios=RATIOS) -> Path:
     out = Path(out)
     multi = {(r["rule"], r["ratio"]): r for r in results if r["kind"] == "multi"}
@@ -244,6 +262,11 @@ def write_report(out, results, s: MultiSettings, sources, timing, seed=0, digits
                 continue
             lines.append(f"| {ratio:.2f} : {1 - ratio:.2f} | {rule} | {_f(r['pi'][0])} | {_f(r['pi'][1])} | "
                          f"{_f(r['sample_share_a'])} |")
+    picture = selector_over_training(out, multi, digits, ratios)
+    if picture is not None:
+        lines += ["", f"![selector π over training]({picture.name})", "",
+                  "π over training as logged in each run's metrics.jsonl (one panel per run; dashed: the true shares).",
+                  ""]
     lines += ["", f"## Metrics at share {METRIC_RATIO:g} (cf. Table 4, top rows)", "",
               f"Paper protocol against the {TARGET_SIZE}-image target ({TARGET_SIZE} samples per draw, mean of "
               f"{s.repeats} draws; digits-classifier features). Target share = fraction of samples classified as "

@@ -9,8 +9,13 @@ import torch
 from matplotlib.figure import Figure
 
 from .. import __version__
+from ..config import load_config
+from ..data import load_data
 from ..evaluation import mean_std
+from ..files import load_any, load_latents
 from ..methods import METHODS
+from ..multi import MultiSampler
+from . import pictures
 
 COLUMNS = (("fid", "FID ↓", "{:.2f}"), ("kmmd", "KMMD ↓", "{:.4f}"), ("mv", "MV", "{:.3f}"),
            ("target_share", "target share ↑", "{:.2f}"))
@@ -71,8 +76,11 @@ def plot_curves(curves: dict[str, list[list[tuple[int, float]]]], path, ylabel="
     return Path(path)
 
 
-def write_run_report(run_dir, result: dict) -> Path:
-    """RUN_DIR/report.md from :func:`fastmine.evaluation.evaluate_run`'s result."""
+def write_run_report(run_dir, result: dict, with_pictures: bool = True, inverted=None, target=None,
+                     seed: int = 0) -> Path:
+    """RUN_DIR/report.md from :func:`fastmine.evaluation.evaluate_run`'s result; with
+    ``with_pictures``, the pictures of what was mined too (:func:`mined_pictures`, into
+    RUN_DIR/pictures/)."""
     run_dir = Path(run_dir)
     m = result["metrics"]
     lines = [f"# Evaluation of `{run_dir.name}`", "",
@@ -97,10 +105,103 @@ def write_run_report(run_dir, result: dict) -> Path:
     else:
         lines += ["No FID was logged during training and no checkpoints are left on disk, so there is no curve "
                   "(train with the demo's `fid_callback` to log one).", ""]
+    if with_pictures:
+        lines += mined_pictures(run_dir, inverted=inverted, target=target, seed=seed)
     lines += ["## Versions", "", versions_line(), ""]
     path = run_dir / "report.md"
     path.write_text("\n".join(lines))
     return path
+
+
+def mined_pictures(run_dir, inverted=None, target=None, seed: int = 0) -> list[str]:
+    """Markdown of the pictures of a finished run folder, written into RUN_DIR/pictures/: the
+    mined latents against the prior, an interpolation strip, nearest training images, π over
+    training and S³'s trainable critic layers; one line saying why for each that does not apply.
+
+    ``inverted``: the latents the target was inverted to, if any (see
+    :func:`fastmine.apps.pictures.latent_picture`). ``target``: the target images, when the
+    run's config.yaml does not describe them (a tensor given to the Python API)."""
+    run_dir = Path(run_dir)
+    cfg = load_config(run_dir / "config.yaml")
+    if inverted is None and (run_dir / "inverted_latents.safetensors").is_file():  # miner.init=inversion wrote them
+        inverted = load_latents(run_dir / "inverted_latents.safetensors")
+    with pictures.keep_global_random_state():
+        sampler = load_any(run_dir / "model.safetensors")
+    out = run_dir / "pictures"
+    lines = ["## What was mined", ""]
+
+    def picture(title, draw, caption):
+        # a picture that does not fit this run's sampler or data says why instead of failing the report
+        try:
+            path = draw()
+        except ValueError as e:
+            return [f"### {title}", "", f"Skipped: {e}.", ""]
+        return [f"### {title}", "", f"![{title}]({path.relative_to(run_dir).as_posix()})", "", caption, ""]
+
+    mined = pictures.mined_samplers(sampler)
+    multi = isinstance(sampler, MultiSampler)
+    if mined:
+        spec = mined[0].generator.latent_spec
+        name = next((n for n, latent in spec.items() if latent.prior != "none"), None)  # None: the picture says why
+        first = " (the first with a prior)" if len(spec) > 1 else ""
+        red = "; the target's inverted latents as red crosses" if inverted is not None else ""
+        lines += picture("Mined latents against the prior",
+                         lambda: pictures.latent_picture(sampler, out / "latents.png", inverted=inverted, seed=seed),
+                         f"M(u) of 1000 seeds (blue) against 1000 samples of the prior (gray), latent `{name}`{first}: "
+                         "(a) the first two coordinates (as Lee et al., Fig. 4), (b) a PCA of the whole latent fit on "
+                         f"both sets{red}" + ("; one row per generator." if multi else "."))
+        lines += picture("Interpolation in the seed space",
+                         lambda: pictures.interpolation_picture(sampler, out / "interpolation.png", seed=seed),
+                         "Each row: 8 samples along the straight line between two seeds u_a and u_b of the miner's "
+                         f"`{mined[0].seed_dist}` seed distribution, decoded in eval mode"
+                         + (" (one generator per row: u_a's generator pick)." if multi else "."))
+    else:
+        no_miner = f"Skipped: method `{cfg.method}` has no miner, so there are no mined latents and no seed space."
+        lines += ["### Mined latents against the prior", "", no_miner, "",
+                  "### Interpolation in the seed space", "", no_miner, ""]
+
+    lines += ["### Nearest training images (memorisation)", ""]
+    if METHODS[cfg.method].kind == "fuse":
+        lines += ["Skipped: a fusion run trains against its sources' samples, not target images.", ""]
+    else:
+        try:
+            real = target if target is not None else load_data(cfg.data)
+            check = pictures.memorisation_check(sampler, real, seed=seed)
+        except ValueError as e:
+            lines += [f"Skipped: {e}.", ""]
+        else:
+            path = pictures.nearest_pairs_picture(check, out / "nearest.png")
+            lines += [f"![nearest training images]({path.relative_to(run_dir).as_posix()})", "",
+                      f"Generated samples beside their nearest target image "
+                      f"({pictures.SPACE_CAPTIONS[check['space']]}), with the distance. **Nearest-distance ratio: "
+                      f"{check['ratio']:.3f}** — the mean distance of {check['n_fake']} generated samples to their "
+                      f"nearest of {check['n_real']} target images ({check['fake_mean']:.3g}) over the mean distance "
+                      f"of each of those target images to its nearest other one ({check['real_mean']:.3g}, "
+                      "leave-one-out). Well below 1: the samples sit closer to training images than these do to each "
+                      "other (copies); about 1: as close as a new image of the target would; well above 1: far from "
+                      "every training image.", ""]
+
+    rows = pictures.selector_rows(run_dir)
+    if rows:
+        names = pictures.generator_names(run_dir, len(rows[-1]["selector_probs"]))
+        lines += picture("Selector π over training",
+                         lambda: pictures.selector_picture([{"rows": rows, "title": f"{run_dir.name}: π"}],
+                                                           out / "selector.png", names=names),
+                         "π: each generator's share of critic-argmax wins over the last `multi.window` minibatches, "
+                         "as logged in metrics.jsonl.")
+    else:
+        lines += ["### Selector π over training", "",
+                  "Skipped: no π in metrics.jsonl (only a multi-generator run has a selector).", ""]
+
+    masks = run_dir / "s3_masks.json"
+    if masks.is_file():
+        lines += picture("S³: trainable critic layers", lambda: pictures.s3_picture(masks, out / "s3_layers.png"),
+                         "The fraction of each critic layer's filters S³ left trainable (MineGAN++ Fig. 11b); "
+                         "trainable / all filters above each bar.")
+    else:
+        lines += ["### S³: trainable critic layers", "",
+                  f"Skipped: no s3_masks.json (method `{cfg.method}` selects no sparse critic subnetwork).", ""]
+    return lines
 
 
 def versions_line():
@@ -131,9 +232,10 @@ def orderings(results: dict, labels: dict, key="fid") -> list[str]:
 
 
 def write_demo_report(out, results: dict, source_scores: dict, settings, seeds, timing: dict, source,
-                      overrides=(), labels=None, quick=False) -> Path:
+                      overrides=(), labels=None, quick=False, mined: dict | None = None) -> Path:
     """source_scores / each result: "metrics" (vs the target set) and, optionally, "heldout"
-    (vs target-class images not in the target set)."""
+    (vs target-class images not in the target set). ``mined``: the pictures of one mining run
+    (:func:`fastmine.apps.demo.mined_pictures`)."""
     out = Path(out)
     labels = labels or {m: m for m in results}
     source_metrics = source_scores["metrics"]
@@ -188,6 +290,16 @@ def write_demo_report(out, results: dict, source_scores: dict, settings, seeds, 
               "|" + "---|" * (len(results) + 1),
               "| " + " | ".join(["![source](samples_source.png)"] +
                                 [f"![{labels[m]}](samples_{m}.png)" for m in results]) + " |", ""]
+    if mined:
+        label = labels[mined["method"]]
+        lines += [f"## What {label} mined (seed {mined['seed']})", "",
+                  f"![mined latents]({mined['latents']})", "",
+                  "M(u) of 1000 seeds (blue) against 1000 samples of the source's prior N(0, I) (gray): (a) the first "
+                  "two latent coordinates (as Lee et al., Fig. 4), (b) a PCA of the whole latent fit on both sets: "
+                  "where the blue mass sits is the part of the source's latent space the miner chose for the 9s.", "",
+                  f"![interpolation]({mined['interpolation']})", "",
+                  "Each row: 8 samples along the straight line between two seeds u_a and u_b of the miner's "
+                  f"`{mined['seed_dist']}` seed distribution, decoded in eval mode.", ""]
     lines += ["## Settings", "", "| method | lr (sampler / critic) | betas | n_critic | batch | λ_GP | mine steps | "
               "seed dist | miner init |", "|---|---|---|---|---|---|---|---|---|"]
     for m, rs in results.items():
@@ -201,6 +313,8 @@ def write_demo_report(out, results: dict, source_scores: dict, settings, seeds, 
     total = (f"Total wall time {timing['total_s'] / 60:.1f} min (source "
              f"{'loaded from cache' if timing['source_cached'] else 'pretraining'}: {timing['source_s']:.0f} s; "
              f"{timing['jobs']} run(s) in parallel).")
+    if "pictures_s" in timing:
+        total += f" Pictures of what was mined: {timing['pictures_s']:.1f} s."
     lines += ["", "## Timing", "",
               total + " Per run (training, incl. logged evaluations): " +
               ", ".join(f"{labels[m]} {mean_std([r['train_s'] for r in rs])[0]:.0f} s"
