@@ -33,13 +33,12 @@ from .config import (
     to_dict,
     validate,
 )
-from .data import describe, load_data
 from .evaluation import evaluate_run
 from .files import RunFolderBusy, load_any, save_latents
 from .images import save_grid
 from .inversion import invert
 from .methods import METHODS, get_method, methods_of
-from .runs import prepare, resolve_device
+from .runs import load_config_data, prepare, resolve_device
 from .trainer import RunInterrupted
 
 # bad input (exit 2) and a run that failed or was stopped (exit 1): one line each, no traceback
@@ -128,9 +127,7 @@ def _invert(args):
     if out.exists() and any(out.iterdir()):
         raise FileExistsError(f"{str(out)!r} already exists; choose another --out — nothing was changed")
     generator = load_any(args.model, trust_code=cfg.source.trust_code)
-    report = {}
-    target = load_data(cfg.data, report)
-    print(describe(cfg.data, target, report))
+    target = load_config_data(cfg)
     inv = invert(generator, target, cfg.invert, seed=cfg.seed, device=resolve_device(cfg.device),
                  progress=cfg.log.progress)
     save_latents(out / "latents.safetensors", inv)

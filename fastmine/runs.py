@@ -156,13 +156,19 @@ def resolve_device(device):
 
 
 # --------------------------------------------------------------------------- shared steps
+def load_config_data(cfg: RunConfig) -> torch.Tensor:
+    """``cfg.data`` loaded, with the one line saying what was loaded (once, on rank 0)."""
+    report = {}
+    data = load_data(cfg.data, report)
+    if distributed.rank() == 0:
+        print(describe(cfg.data, data, report))
+    return data
+
+
 def resolve_target(cfg: RunConfig, target):
     """(data for the trainer, a tensor of real samples to size and score with)."""
     if target is None:
-        report = {}
-        target = load_data(cfg.data, report)
-        if distributed.rank() == 0:
-            print(describe(cfg.data, target, report))
+        target = load_config_data(cfg)
     elif isinstance(target, (str, Path)):
         d = cfg.data
         target = load_image_folder(target, size=d.size, channels=d.channels, limit=d.limit, seed=d.seed, fit=d.fit,
