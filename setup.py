@@ -14,7 +14,7 @@ setup(
     package_data={"fastmine": ["metrics/weights/*"]},
     install_requires=[
         # a range real GPU users satisfy; CPU machines pin torch==2.13.0 in README/.ci/run
-        "torch>=2.4,<2.15",
+        "torch>=2.6,<2.15",
         "accelerate>=1.0",
         "safetensors>=0.4",
         "numpy>=1.24",

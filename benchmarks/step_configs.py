@@ -22,7 +22,9 @@ from fastmine.config import RunConfig, fill_defaults, from_dict, load_config, me
 from fastmine.methods import Method, get_method
 from fastmine.multi import MultiSampler
 from fastmine.runs import Inputs, Run, new_generator, prepare
+from fastmine.samplers import GeneratorAdapter
 from fastmine.trainer import Trainer
+from fastmine.zoo import StyleGANCritic, StyleGANSource
 from fastmine_benchmarks.reference import HostDraws, ReferenceMining
 
 LATENT = 128
@@ -32,14 +34,23 @@ TARGET_IMAGES = 1024
 CLASSES = 10  # conditional pretraining: random labels of this many classes
 
 
+# StyleGAN2 as FFHQ-256's official config (channel_base 16384, channel_max 512, 8 mapping layers,
+# 512-d z and w), mined in w+ with the StyleGAN2 discriminator as the critic; 1024 px on the GPU with
+# --image-size 1024 (channel_base 32768 there, as the official 1024 px networks); on the CPU 32 px
+# at channel_max 64 and a 2-layer mapping so that a block takes seconds
+STYLEGAN_SIZES = {"cpu": {"image_size": 32, "width": 64}, "cuda": {"image_size": 256, "width": 512}}
+
+
 @dataclass(frozen=True)
 class BuiltIn:
     """A built-in configuration: DCGAN generator(s) and critic, 128-d latent, the method's
-    own settings (MineGAN's: n_critic 5, λ 10), random target images."""
+    own settings (MineGAN's: n_critic 5, λ 10), random target images; or a StyleGAN2 source
+    (``family="stylegan2"``, see STYLEGAN_SIZES)."""
     method: str
     generators: int     # frozen source generators (fusion: the sources it fuses)
     batch: int          # batch size; several generators: K supersamples
     processes: int = 1  # fastmine's processes: >1 splits the frozen generator by FSDP2 (torchrun on 127.0.0.1)
+    family: str = "dcgan"
 
 
 CONFIGS = {
@@ -51,6 +62,7 @@ CONFIGS = {
     "sharded-b64": BuiltIn("minegan_noft", 1, 64, processes=2),
     "fuse-n2": BuiltIn("fuse", 2, 64),
     "conditional-b64": BuiltIn("pretrain_conditional", 0, 64),
+    "stylegan2-wplus-b16": BuiltIn("minegan_noft", 1, 16, family="stylegan2"),
 }
 # what a --variant may change in a built-in configuration: its data, sources and networks are its own
 VARIANT_SECTIONS = ("train", "loss", "perf", "log", "multi", "miner", "s3", "fusion", "dist")
@@ -78,7 +90,8 @@ def has_reference(spec) -> bool:
 
 # --------------------------------------------------------------------------- configs
 def size_of(spec, device) -> dict:
-    size = SIZES["cuda" if str(device).startswith("cuda") else "cpu"]
+    stylegan = is_builtin(spec) and CONFIGS[spec["name"]].family == "stylegan2"
+    size = (STYLEGAN_SIZES if stylegan else SIZES)["cuda" if str(device).startswith("cuda") else "cpu"]
     return {k: spec.get(k) or v for k, v in size.items()}
 
 
@@ -108,6 +121,8 @@ def builtin_inputs(spec, cfg: RunConfig, device) -> Inputs:
     """Random frozen DCGAN generators and random target images (labels for conditional pretraining)."""
     b, side = CONFIGS[spec["name"]], size_of(spec, device)["image_size"]
     target = torch.rand(TARGET_IMAGES, 3, side, side, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    if b.family == "stylegan2":
+        return stylegan_inputs(size_of(spec, device), target, device)
     gens = []
     for i in range(b.generators):
         torch.manual_seed(100 + i)
@@ -118,6 +133,22 @@ def builtin_inputs(spec, cfg: RunConfig, device) -> Inputs:
     if b.method == "fuse":
         return Inputs(generators=gens)
     return Inputs(target=target, generators=gens)
+
+
+def stylegan_inputs(size: dict, target, device) -> Inputs:
+    """A random StyleGAN2 (official architecture at ``size``) in w+ and its discriminator."""
+    side, width = size["image_size"], size["width"]
+    base = 32768 if side >= 1024 else 16384
+    big = str(device).startswith("cuda")
+    torch.manual_seed(100)
+    source = StyleGANSource("stylegan2", {
+        "z_dim": width, "c_dim": 0, "w_dim": width, "img_resolution": side, "img_channels": 3,
+        "mapping_kwargs": {"num_layers": 8 if big else 2},
+        "synthesis_kwargs": {"channel_base": base, "channel_max": width}}, latent="w+").calibrate(n=1000)
+    critic = StyleGANCritic("stylegan2", {"c_dim": 0, "img_resolution": side, "img_channels": 3,
+                                          "channel_base": base, "channel_max": width})
+    adapter = GeneratorAdapter(source, source.latent_spec, build={"arch": source.arch()})
+    return Inputs(target=target, generators=[adapter], critic=critic)
 
 
 def load_user_config(config, overrides) -> RunConfig:

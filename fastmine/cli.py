@@ -34,11 +34,11 @@ from .config import (
     validate,
 )
 from .evaluation import evaluate_run
-from .files import RunFolderBusy, load_any, save_latents
+from .files import RunFolderBusy, convert, load_any, read_info, save_latents
 from .images import save_grid
 from .inversion import invert
 from .methods import METHODS, get_method, methods_of
-from .runs import load_config_data, prepare, resolve_device
+from .runs import load_config_data, load_source, prepare, resolve_device
 from .trainer import RunInterrupted
 
 # bad input (exit 2) and a run that failed or was stopped (exit 1): one line each, no traceback
@@ -126,7 +126,9 @@ def _invert(args):
     out = Path(args.out)
     if out.exists() and any(out.iterdir()):
         raise FileExistsError(f"{str(out)!r} already exists; choose another --out — nothing was changed")
-    generator = load_any(args.model, trust_code=cfg.source.trust_code)
+    # a fastmine file, or any generator fastmine reads (an NVIDIA pickle in source.latent=w+ ...)
+    generator = load_any(args.model, trust_code=cfg.source.trust_code) if read_info(args.model) else \
+        load_source(args.model, cfg)
     target = load_config_data(cfg)
     inv = invert(generator, target, cfg.invert, seed=cfg.seed, device=resolve_device(cfg.device),
                  progress=cfg.log.progress)
@@ -140,6 +142,23 @@ def _invert(args):
                "invert": to_dict(cfg.invert)}
     (out / "inversion.json").write_text(json.dumps(summary, indent=1))
     print(f"{inv.summary()}; wrote {out / 'latents.safetensors'} and {out / 'reconstruction.png'}")
+
+
+def _convert(args):
+    cfg = load_config(None, args.overrides)
+    outside = sorted({key.split(".")[0] for key in parse_overrides(args.overrides)} - {"source"})
+    if outside:
+        raise ConfigError(f"fastmine convert takes source.* settings only, got {', '.join(outside)}")
+    src = cfg.source
+    written = convert(args.input, args.out, key=src.key, critic=not args.no_critic, overwrite=args.overwrite,
+                      latent=src.latent, truncation_psi=src.truncation_psi, truncation_cutoff=src.truncation_cutoff,
+                      noise_mode=src.noise_mode, arch=src.arch, latent_spec=src.latent_spec,
+                      allow_pickle=src.allow_pickle, trust_code=src.trust_code)
+    arch = written["generator"].get("arch", written["generator"])
+    what = arch.get("family") or arch.get("type") or arch.get("factory") or "generator"
+    critic = "no critic" if written["critic"] is None else f"critic {written['critic']:,} parameters"
+    print(f"wrote {written['path']}: {what} generator {written['parameters']:,} parameters, latents "
+          f"{json.dumps(written['latent_spec'])}, {critic}")
 
 
 def _demo(args):
@@ -181,9 +200,19 @@ def build_parser(plugins=()) -> argparse.ArgumentParser:
     p = sub.add_parser("invert", help="GAN inversion: latents of MODEL that reconstruct the target images",
                        epilog="keys: data.* (the images; default the 100 nines), invert.* (init, steps, lr, "
                               "feature_weight, prior_weight, ...), seed, device")
-    p.add_argument("model", help="a model file or a run folder's model.safetensors")
+    p.add_argument("model", help="a model file, a run folder's model.safetensors, or any generator fastmine reads "
+                                 "(an NVIDIA pickle: source.latent=w+ picks the space)")
     p.add_argument("overrides", nargs="*", help="key=value ...")
     p.add_argument("--out", default="runs/invert", help="folder for latents.safetensors, reconstruction.png")
+    p = sub.add_parser("convert", help="write any generator fastmine reads as a self-describing fastmine file",
+                       epilog="keys: source.key, source.latent, source.truncation_psi, source.truncation_cutoff, "
+                              "source.noise_mode, source.arch, source.latent_spec, source.allow_pickle")
+    p.add_argument("input", help="an NVIDIA network pickle, a rosinality checkpoint, a torch checkpoint (with "
+                                 "source.arch=...), a fastmine file")
+    p.add_argument("out", help="OUT.safetensors")
+    p.add_argument("overrides", nargs="*", help="source.key=value ...")
+    p.add_argument("--no-critic", action="store_true", help="leave out the discriminator the input holds")
+    p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
     p = sub.add_parser("demo", help="digits 0-8 source (cached) -> 100 nines: all methods compared in OUT/report.md")
     p.add_argument("--quick", action="store_true", help="tiny settings (about a minute)")
     p.add_argument("--out", default="runs/demo")
@@ -237,6 +266,8 @@ def main(argv=None):
             _eval(args)
         elif args.command == "invert":
             _invert(args)
+        elif args.command == "convert":
+            _convert(args)
         else:
             _train_command(args.command, args)
     except (*BAD_INPUT, *FAILED_RUN, OSError) as e:

@@ -66,6 +66,16 @@ class SourceConfig:
     allow_pickle: bool = False       # allow pickled checkpoints (unpickling runs code from the file)
     trust_code: bool = False         # let a model file's metadata name a factory to run (fastmine.io)
     generators: Optional[list] = None  # mine-multi / fuse: several generator files
+    # which object of a checkpoint holding several: an NVIDIA pickle's G_ema (default) or G; a torch
+    # checkpoint's state dict key (found automatically among the well-known ones; "a.b" for nested)
+    key: Optional[str] = None
+    # StyleGAN sources (fastmine.zoo): the latent space mined (z | w | w+), truncation toward w_avg
+    # (1: none), noise inputs (const: the network's fixed noise | random | none); null: a converted
+    # file's stored choice, else z, 1, const
+    latent: Optional[str] = None
+    truncation_psi: Optional[float] = None
+    truncation_cutoff: Optional[int] = None
+    noise_mode: Optional[str] = None
 
 
 @dataclass
@@ -466,6 +476,12 @@ def validate(cfg: RunConfig) -> RunConfig:
     if unknown:
         raise ConfigError(f"log.trackers: unknown tracker(s) {unknown}; Accelerate knows "
                           f"{', '.join(sorted(LOGGER_TYPE_TO_CLASS))}")
+    _choice(cfg, "source.latent", ("z", "w", "w+", None))
+    _choice(cfg, "source.noise_mode", ("const", "random", "none", None))
+    psi = cfg.source.truncation_psi
+    if psi is not None and not 0 <= psi <= 1:
+        raise ConfigError(f"source.truncation_psi must be in [0, 1] (1: no truncation), got {psi}")
+    _positive(cfg, "source.truncation_cutoff")
     _choice(cfg, "data.dataset", ("digits", "folder", "tensor", "given"))
     _choice(cfg, "data.channels", ("gray", "rgb", None))
     _choice(cfg, "data.fit", ("crop", "pad", "stretch"))

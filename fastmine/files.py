@@ -9,8 +9,14 @@ or a ``"package.module:function"`` factory.
 of fastmine's own, one the user registered in code (:func:`register_factory`, or named
 themselves in ``load_generator("package.module:function")`` in this process), or the
 caller passed ``trust_code=True`` (``source.trust_code=true``) for that file. Otherwise the
-load stops before importing anything, with a message saying what would have run. Pickled
-checkpoints are refused unless ``allow_pickle=True``: unpickling runs code from the file.
+load stops before importing anything, with a message saying what would have run.
+
+Pretrained checkpoints are read as data (:mod:`fastmine.checkpoints`): torch checkpoints with
+``weights_only`` plus a short allow-list of harmless types, NVIDIA network pickles through a
+restricted unpickler that never runs the module source they carry. StyleGAN2/3 networks found
+in them (an NVIDIA pickle, a rosinality checkpoint) are rebuilt from fastmine's own code
+(:mod:`fastmine.zoo`). Only ``allow_pickle=True`` unpickles arbitrary objects (a whole pickled
+``nn.Module``): that runs code from the file.
 """
 from __future__ import annotations
 
@@ -21,6 +27,7 @@ import os
 import re
 import shutil
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -28,12 +35,14 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
+from . import checkpoints
 from .fusion import FusedSampler
 from .latent import LatentSpec
 from .miner import Miner
 from .multi import MultiSampler
 from .nets import build_critic, build_generator
 from .samplers import GeneratorAdapter, Sampler
+from .zoo import StyleGANCritic, StyleGANSource, family_of, rosinality, stylegan2
 
 FORMAT_VERSION = 1
 FACTORY_SPEC = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")  # package.module:function
@@ -95,7 +104,8 @@ def build_module(build: dict, kind: str, source=None, trust_code: bool = False) 
 
 # --------------------------------------------------------------------------- reading
 def read_file(path, allow_pickle=False):
-    """(tensors, fastmine metadata or None) of a safetensors, weights-only .pt, or (opt-in) pickle."""
+    """(tensors, fastmine metadata or None) of a safetensors file, a torch checkpoint read as data
+    (:func:`fastmine.checkpoints.read_state_dict`), or, with ``allow_pickle``, any pickle."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
@@ -109,23 +119,15 @@ def read_file(path, allow_pickle=False):
                              "it may be truncated or corrupt: re-export or pick an earlier checkpoint") from e
         info = json.loads(meta["fastmine"]) if "fastmine" in meta else None
         return tensors, info
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=not allow_pickle)
-    except Exception as e:
-        hint = "" if allow_pickle else (
-            " If it holds a pickled module and you trust its source, pass allow_pickle=True "
-            "(source.allow_pickle=true): unpickling runs arbitrary code.")
-        raise ValueError(f"cannot load {str(path)!r} as weights only: {e}.{hint}") from e
+    if not allow_pickle:
+        return checkpoints.read_state_dict(path)[0], None
+    obj = torch.load(path, map_location="cpu", weights_only=False)  # the caller opted in: this runs the file's code
     if isinstance(obj, nn.Module):
-        if not allow_pickle:  # pragma: no cover - torch refuses modules under weights_only
-            raise ValueError("pickled modules need allow_pickle=True")
         warnings.warn(f"loaded a pickled module from {path}: this ran code from the file")
         return obj, None
     if isinstance(obj, dict) and all(torch.is_tensor(v) for v in obj.values()):
         return obj, None
-    if isinstance(obj, dict) and "state_dict" in obj:
-        return obj["state_dict"], None
-    raise ValueError(f"{str(path)!r} holds {type(obj).__name__}, not a state dict of tensors")
+    return checkpoints.state_dict_in(obj, path)[0], None
 
 
 def read_info(path) -> dict | None:
@@ -141,9 +143,78 @@ def read_info(path) -> dict | None:
     return json.loads(meta["fastmine"]) if "fastmine" in meta else None
 
 
+@dataclass
+class Weights:
+    """A network's tensors read from a checkpoint, and what builds it when the file says:
+    a :mod:`fastmine.zoo` family and its official constructor keywords."""
+    state: dict
+    where: str
+    family: str | None = None
+    kwargs: dict | None = None
+
+
+NETWORK_PICKLE_DEFAULTS = {"generator": ("G_ema", "Generator"), "critic": ("D", "Discriminator")}
+
+
+def read_weights(path, role="generator", key=None) -> Weights:
+    """The ``role`` network (generator / critic) of a checkpoint that is not a fastmine file:
+    an NVIDIA network pickle (``G_ema`` by default, ``key="G"`` for the raw one; ``D``), a
+    rosinality checkpoint (``g_ema`` / ``g``; ``d``) or any torch checkpoint / safetensors file
+    (:func:`fastmine.checkpoints.read_state_dict`). Nothing from the file is executed."""
+    path = Path(path)
+    if checkpoints.is_network_pickle(path):
+        return _network_pickle_weights(path, role, key)
+    if path.suffix == ".safetensors":
+        return Weights(*checkpoints.read_state_dict(path, key, role))
+    obj = checkpoints.load_checkpoint(path)
+    if _is_rosinality(obj):
+        nets = rosinality.convert_checkpoint(obj, generator=key or "g_ema")
+        name = "G" if role == "generator" else "D"
+        if name not in nets:
+            raise ValueError(f"{str(path)!r} is a rosinality checkpoint without a discriminator ('d'); pass another "
+                             "critic (source.critic=...) or none to start from a fresh one")
+        kwargs, state = nets[name]
+        return Weights(state, f"{key or 'g_ema'}" if role == "generator" else "d", "stylegan2", kwargs)
+    return Weights(*checkpoints.state_dict_in(obj, path, key, role))
+
+
+def _is_rosinality(obj) -> bool:
+    nets = [obj.get(k) for k in ("g_ema", "g")] if isinstance(obj, dict) else []
+    return any(isinstance(n, dict) and "input.input" in n and "conv1.conv.weight" in n for n in nets)
+
+
+def _network_pickle_weights(path: Path, role: str, key) -> Weights:
+    name, expected = NETWORK_PICKLE_DEFAULTS[role]
+    name = key or name
+    objects = checkpoints.read_network_pickle(path)
+    record = objects.get(name)
+    if not isinstance(record, checkpoints.PersistentRecord):
+        nets = ", ".join(f"{k} ({v.class_name})" for k, v in objects.items()
+                         if isinstance(v, checkpoints.PersistentRecord)) or "none"
+        raise ValueError(f"{str(path)!r} has no network {name!r}; its networks: {nets}; pass key= naming one "
+                         "(source.key=...)")
+    if record.class_name != expected:
+        raise ValueError(f"{str(path)!r}: {name!r} is a {record.class_name}, not a {expected}; pass key= naming the "
+                         f"{role} (source.key=...)")
+    kwargs, state = checkpoints.record_kwargs(record), checkpoints.record_state_dict(record)
+    if record.module_name == "training.networks_stylegan2":  # stylegan3's copy: its own defaults, left out of kwargs
+        kwargs = stylegan2.stylegan3_repo_kwargs(kwargs, "G" if role == "generator" else "D")
+    family = family_of(state) if role == "generator" else "stylegan2"
+    return Weights(state, name, family, kwargs)
+
+
 def has_critic(source) -> bool:
-    info = read_info(source)
-    return bool(info and "critic" in info)
+    """Whether a file holds a critic to start from: a fastmine file's, an NVIDIA pickle's ``D``,
+    a rosinality checkpoint's ``d``."""
+    path = Path(source)
+    info = read_info(path)
+    if info is not None or not path.is_file() or path.suffix == ".safetensors":
+        return bool(info and "critic" in info)
+    try:
+        read_weights(path, "critic")
+    except ValueError:
+        return False
+    return True
 
 
 def part(tensors, prefix):
@@ -160,43 +231,54 @@ def load_state(module, state, what, path):
 
 
 def load_generator(source, latent_spec=None, arch=None, call=None, allow_pickle=False, trust_code=False, frozen=True,
+                   key=None, latent=None, truncation_psi=None, truncation_cutoff=None, noise_mode=None,
                    **factory_kwargs) -> GeneratorAdapter:
     """A frozen :class:`GeneratorAdapter` from any of:
 
-    - a fastmine file (``pretrain``'s ``model.safetensors``, a mined file): self-describing;
+    - a fastmine file (``pretrain``'s ``model.safetensors``, a mined file, ``fastmine convert``'s
+      output): self-describing;
+    - an NVIDIA StyleGAN2-ADA / StyleGAN3 network pickle (``G_ema``; ``key="G"`` for the raw
+      generator) or a rosinality stylegan2-pytorch checkpoint (``g_ema``; ``key="g"``): rebuilt
+      as :class:`fastmine.zoo.StyleGANSource` from fastmine's own code, nothing from the file runs;
     - ``"package.module:function"``: a factory returning an ``nn.Module`` (``latent_spec``
       needed unless the module has a ``latent_spec`` attribute); naming it here runs it;
-    - a safetensors / ``.pt`` state dict plus ``arch``: an ``nn.Module`` instance, a
-      ``"package.module:function"`` factory, or a project arch dict.
+    - a torch checkpoint / safetensors file plus ``arch`` (an ``nn.Module`` instance, a
+      ``"package.module:function"`` factory, or a project arch dict): the generator's state dict
+      is found under the well-known keys (``key=`` to choose, :mod:`fastmine.checkpoints`).
+
+    StyleGAN sources: ``latent`` ``"z"`` (default) | ``"w"`` | ``"w+"``, ``truncation_psi``,
+    ``truncation_cutoff``, ``noise_mode`` (:mod:`fastmine.zoo`); None keeps a file's stored choice.
     """
+    options = {k: v for k, v in dict(latent=latent, truncation_psi=truncation_psi, truncation_cutoff=truncation_cutoff,
+                                     noise_mode=noise_mode).items() if v is not None}
     if isinstance(source, nn.Module):
         module, build = source, None
     elif isinstance(source, str) and FACTORY_SPEC.match(source) and not Path(source).exists():
         build = {"factory": register_factory(source), "kwargs": factory_kwargs}
         module = build_module(build, "generator")
-    else:
+    elif read_info(source) is not None or (allow_pickle and Path(source).suffix != ".safetensors"):
         tensors, info = read_file(source, allow_pickle=allow_pickle)
         if isinstance(tensors, nn.Module):
             module, build = tensors, None
         elif info is not None and "generator" in info:
             g = info["generator"]
-            module, build = build_module(g["build"], "generator", source, trust_code), g["build"]
+            build = g["build"]
+            if options and "family" in build.get("arch", {}):  # a StyleGAN source mined in another space
+                build = {"arch": {**build["arch"], **options}}
+            module = build_module(build, "generator", source, trust_code)
             load_state(module, part(tensors, "generator"), "generator", source)
-            latent_spec = latent_spec or g["latent_spec"]
+            latent_spec = latent_spec or (None if build is not g["build"] else g["latent_spec"])
         else:
-            if arch is None:
-                raise ValueError(f"{str(source)!r} is a plain state dict: pass arch= (a module, a "
-                                 "'package.module:function' factory or an arch dict) to build the generator")
-            if isinstance(arch, nn.Module):
-                module, build = arch, None
-            elif isinstance(arch, str):
-                build = {"factory": register_factory(arch), "kwargs": factory_kwargs}
-                module = build_module(build, "generator")
-            else:
-                build = {"arch": dict(arch)}
-                module = build_module(build, "generator")
-            state = part(tensors, "generator") or tensors
-            load_state(module, state, "generator", source)
+            module, build = _module_for(arch, factory_kwargs, part(tensors, "generator") or tensors, source)
+    else:
+        weights = read_weights(source, "generator", key)
+        if weights.family is not None:
+            module = StyleGANSource(weights.family, weights.kwargs, **options)
+            load_state(module.net, weights.state, f"generator ({weights.where})", source)
+            module.calibrate()
+            build = {"arch": module.arch()}
+        else:
+            module, build = _module_for(arch, factory_kwargs, weights.state, source, weights.where)
     latent_spec = latent_spec or getattr(module, "latent_spec", None)
     if latent_spec is None and hasattr(module, "latent_dim"):
         latent_spec = LatentSpec.single(module.latent_dim)
@@ -207,27 +289,71 @@ def load_generator(source, latent_spec=None, arch=None, call=None, allow_pickle=
     return GeneratorAdapter(module, latent_spec, call=call, build=build, frozen=frozen)
 
 
-def load_critic(source, arch=None, allow_pickle=False, trust_code=False):
-    """The critic stored in a fastmine file, or a state dict plus ``arch``."""
-    tensors, info = read_file(source, allow_pickle=allow_pickle)
-    if isinstance(tensors, nn.Module):
-        return tensors
-    if info is not None and "critic" in info:
-        critic = build_module(info["critic"]["build"], "critic", source, trust_code)
-        load_state(critic, part(tensors, "critic"), "critic", source)
-        return critic
+def _module_for(arch, factory_kwargs, state, source, where=None):
+    """(module, build) for a plain state dict and the ``arch`` the caller named."""
+    if arch is None:
+        if _official_stylegan(state):
+            raise ValueError(f"{str(source)!r} holds a StyleGAN generator's tensors without its constructor "
+                             "arguments; load the network pickle or rosinality checkpoint they came from (or its "
+                             "`fastmine convert` output)")
+        found = f" (found under {where})" if where and not where.startswith("(") else ""
+        raise ValueError(f"{str(source)!r} is a plain state dict{found}: pass arch= (a module, a "
+                         "'package.module:function' factory or an arch dict) to build the generator")
+    if isinstance(arch, nn.Module):
+        module, build = arch, None
+    elif isinstance(arch, str):
+        build = {"factory": register_factory(arch), "kwargs": factory_kwargs}
+        module = build_module(build, "generator")
+    else:
+        build = {"arch": dict(arch)}
+        module = build_module(build, "generator")
+    load_state(module, state, "generator" if where is None or where.startswith("(") else f"generator ({where})",
+               source)
+    return module, build
+
+
+def _official_stylegan(state) -> bool:
+    try:
+        family_of(state)
+    except ValueError:
+        return False
+    return True
+
+
+def load_critic(source, arch=None, allow_pickle=False, trust_code=False, key=None):
+    """The critic stored in a fastmine file, an NVIDIA pickle's ``D`` or a rosinality
+    checkpoint's ``d`` (as :class:`fastmine.zoo.StyleGANCritic`), or a state dict plus ``arch``."""
+    if read_info(source) is not None or (allow_pickle and Path(source).suffix != ".safetensors"):
+        tensors, info = read_file(source, allow_pickle=allow_pickle)
+        if isinstance(tensors, nn.Module):
+            return tensors
+        if info is not None and "critic" in info:
+            critic = build_module(info["critic"]["build"], "critic", source, trust_code)
+            load_state(critic, part(tensors, "critic"), "critic", source)
+            return critic
+        state, where = part(tensors, "critic") or tensors, None
+    else:
+        weights = read_weights(source, "critic", key)
+        if weights.family is not None:
+            critic = StyleGANCritic(weights.family, weights.kwargs)
+            load_state(critic.net, weights.state, f"critic ({weights.where})", source)
+            return critic
+        state, where = weights.state, weights.where
     if arch is None:
         raise ValueError(f"{str(source)!r} holds no fastmine critic; pass arch= to build one from its state dict")
     critic = arch if isinstance(arch, nn.Module) else build_module(
         {"factory": register_factory(arch)} if isinstance(arch, str) else {"arch": arch}, "critic")
-    load_state(critic, part(tensors, "critic") or tensors, "critic", source)
+    load_state(critic, state, "critic" if where is None else f"critic ({where})", source)
     return critic
 
 
-def critic_build_of(path) -> dict | None:
-    """How the critic stored in a fastmine file is rebuilt (None: the file has none)."""
+def critic_build_of(path, critic: nn.Module | None = None) -> dict | None:
+    """How a critic loaded from ``path`` is rebuilt: the fastmine file's stored build, the arch
+    of a StyleGAN critic, else None (a user module: its weights are stored, not its code)."""
     info = read_info(path)
-    return info["critic"]["build"] if info and "critic" in info else None
+    if info and "critic" in info:
+        return info["critic"]["build"]
+    return {"arch": critic.arch()} if isinstance(critic, StyleGANCritic) else None
 
 
 def _generator_part(g: dict, tensors, prefix, path, generator, trust_code, what="generator") -> GeneratorAdapter:
@@ -465,3 +591,29 @@ def _add_critic(tensors, info, critic, critic_build):
     if critic is not None and critic_build is not None:
         tensors.update(_prefixed("critic", critic))
         info["critic"] = {"build": critic_build}
+
+
+def convert(source, out, *, key=None, critic=True, overwrite=False, **load) -> dict:
+    """Write ``source`` (anything :func:`load_generator` reads) as a self-describing fastmine
+    file: the generator with how to rebuild it from fastmine's own code and, when the source
+    holds one and ``critic`` is true, its critic. ``load``: :func:`load_generator`'s options
+    (``latent``, ``truncation_psi``, ``arch``, ``latent_spec`` ...). Returns what was written."""
+    out = Path(out)
+    if out.suffix != ".safetensors":
+        raise ValueError(f"the converted file is a safetensors file: name it *.safetensors, got {str(out)!r}")
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"{str(out)!r} already exists; choose another name or pass --overwrite — nothing "
+                              "was changed")
+    generator = load_generator(source, key=key, **load)
+    if generator.build is None:
+        raise ValueError(f"{str(source)!r} loads as a module fastmine cannot rebuild from a description (a pickled "
+                         "module or one you passed): convert needs arch= or a format fastmine builds itself")
+    critic_module = critic_build = None
+    if critic and Path(source).is_file() and has_critic(source):
+        critic_module = load_critic(source, allow_pickle=load.get("allow_pickle", False),
+                                    trust_code=load.get("trust_code", False))
+        critic_build = critic_build_of(source, critic_module)
+    save_sampler(out, Sampler(generator), critic_module, critic_build, extra={"converted_from": Path(source).name})
+    return {"path": out, "generator": generator.build, "latent_spec": generator.latent_spec.to_dict(),
+            "parameters": sum(p.numel() for p in generator.parameters()),
+            "critic": None if critic_module is None else sum(p.numel() for p in critic_module.parameters())}

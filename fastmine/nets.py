@@ -10,6 +10,8 @@ import math
 import torch
 from torch import nn
 
+from . import zoo
+
 
 def _check_size(image_size: int):
     if image_size < 8 or image_size > 256 or image_size & (image_size - 1):
@@ -99,7 +101,10 @@ def _norm(kind, channels):
 
 
 def build_generator(arch: dict) -> nn.Module:
-    """Build a generator from an arch dict such as ``{"type": "dcgan", "latent_dim": 64, ...}``."""
+    """Build a generator from an arch dict such as ``{"type": "dcgan", "latent_dim": 64, ...}``, or a
+    pretrained family's (``{"family": "stylegan2", "kwargs": {...}, "latent": "w+"}``, :mod:`fastmine.zoo`)."""
+    if "family" in arch:
+        return zoo.build_source(arch)
     kind, kwargs = _split(arch)
     if kind == "dcgan":
         return DCGANGenerator(**kwargs)
@@ -109,6 +114,8 @@ def build_generator(arch: dict) -> nn.Module:
 
 
 def build_critic(arch: dict) -> nn.Module:
+    if "family" in arch:
+        return zoo.build_critic(arch)
     kind, kwargs = _split(arch)
     if kind == "dcgan":
         return DCGANCritic(**kwargs)

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from . import distributed
-from .conditional import FACTORY_DCGAN, LabelledSampler, conditional_dcgan
+from .conditional import FACTORY_DCGAN, LabelledSampler, conditional_dcgan, load_biggan
 from .config import ConfigError, RunConfig, dump_config, fill_defaults, load_config, reconcile_resume, validate
 from .data import describe, load_data, load_digits, load_image_folder, make_target
 from .files import (
@@ -210,7 +210,8 @@ def resolve_critic(critic, example, cfg: RunConfig):
         return critic, None
     src = cfg.source
     if critic is not None:
-        return load_critic(critic, allow_pickle=src.allow_pickle, trust_code=src.trust_code), critic_build_of(critic)
+        module = load_critic(critic, allow_pickle=src.allow_pickle, trust_code=src.trust_code)
+        return module, critic_build_of(critic, module)
     build = {"arch": critic_arch_for(example, cfg.model)}
     return build_critic(build["arch"]), build
 
@@ -230,8 +231,12 @@ def describe_critic(critic, method: Method) -> str:
 
 def load_source(spec, cfg: RunConfig) -> GeneratorAdapter:
     src = cfg.source
+    if Path(spec).is_dir():  # a pytorch-pretrained-biggan folder: config.json + pytorch_model.bin
+        return load_biggan(spec)
     return load_generator(str(spec), latent_spec=src.latent_spec, arch=src.arch, allow_pickle=src.allow_pickle,
-                          trust_code=src.trust_code)
+                          trust_code=src.trust_code, key=src.key, latent=src.latent,
+                          truncation_psi=src.truncation_psi, truncation_cutoff=src.truncation_cutoff,
+                          noise_mode=src.noise_mode)
 
 
 def make_miner(cfg: RunConfig, latent_spec, given=None) -> nn.Module:

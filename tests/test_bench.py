@@ -37,6 +37,8 @@ SCHEMA = {"device", "versions", "date", "config", "results"}
     ("multi-n4", []),
     ("multi-n4", ["multi.rule=max"]),
     ("multi-n4", ["multi.path=naive"]),
+    # a StyleGAN2 source mined in w+ against its discriminator (whose minibatch-std layer mixes samples)
+    ("stylegan2-wplus-b16", []),
 ])
 def test_fastmine_logs_the_references_losses_in_float64(one_thread, name, variant):
     counters.clear()

@@ -97,9 +97,10 @@ def test_the_library_does_not_import_apps_cli_or_benchmarks():
 # each other); config and methods import nothing of fastmine
 LAYERS = {
     0: ("config", "methods"),
-    1: ("latent", "nets", "miner", "samplers", "losses", "data", "images", "sparse", "metrics", "trackers"),
+    1: ("latent", "nets", "miner", "samplers", "losses", "data", "images", "sparse", "metrics", "trackers",
+        "zoo"),
     2: ("multi", "fusion", "inversion"),
-    3: ("files",),
+    3: ("files", "checkpoints"),
     4: ("conditional",),
     5: ("trainer", "distributed"),
     6: ("runs",),

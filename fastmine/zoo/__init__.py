@@ -1,0 +1,175 @@
+"""Pretrained generator families fastmine builds itself: StyleGAN2(-ADA) and StyleGAN3.
+
+The networks (:mod:`.stylegan2`, :mod:`.stylegan3`) are fastmine's own plain-PyTorch code with
+the official constructor keywords and parameter names, so the tensors of an NVIDIA network
+pickle, a rosinality checkpoint (through :mod:`.rosinality`) or a converted file load into them
+as they are, and no code from the file is needed or run.
+
+:class:`StyleGANSource` is such a generator as a mining source: it chooses the latent space the
+miner works in.
+
+- ``latent="z"``: z ~ N(0, I) through the frozen mapping network (with ``truncation_psi``), plus a
+  class input ``c`` for a conditional network, mined as a continuous vector (MineGAN++ §4.1's M^c):
+  the mapping embeds it linearly, so any point between one-hot classes is a valid input.
+- ``latent="w"``: one w for every synthesis layer; ``"w+"``: one per layer, ``[num_ws, w_dim]``.
+  w is given in *standardised* coordinates x: ``w = w_avg + w_std * x`` with the network's own
+  ``w_avg`` and the per-dimension standard deviation of its mapping's outputs (measured once on
+  10,000 samples when the source is built, stored with it). A miner's N(0, I)-like output then
+  lands in the region the mapping produces: the paper's N(0, 0.01) init starts at ``w_avg`` (the
+  average image, not a point off the manifold), the residual init at a Gaussian fit of the w
+  distribution, and the prior regulariser of inversion pulls toward ``w_avg`` on the scale of w.
+  ``to_w(x)`` gives raw w (e.g. to compare with another tool's projections).
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..latent import LatentSpec
+from . import stylegan2, stylegan3
+
+GENERATORS = {"stylegan2": stylegan2.Generator, "stylegan3": stylegan3.Generator}
+DISCRIMINATORS = {"stylegan2": stylegan2.Discriminator, "stylegan3": stylegan2.Discriminator}
+LATENTS = ("z", "w", "w+")
+NOISE_MODES = ("const", "random", "none")
+W_STATS_SAMPLES = 10_000  # mapping samples behind w_std: its relative standard error is ~1/sqrt(2n) = 0.7 %
+
+
+def family_of(state: dict) -> str:
+    """Which family a generator state dict in official names belongs to."""
+    if "synthesis.input.affine.weight" in state:
+        return "stylegan3"
+    if "synthesis.b4.const" in state:
+        return "stylegan2"
+    raise ValueError("the tensors are not a StyleGAN2/3 generator in official names (no 'synthesis.b4.const' "
+                     "or 'synthesis.input.affine.weight')")
+
+
+def _check_family(family: str, table: dict) -> type:
+    if family not in table:
+        raise ValueError(f"unknown generator family {family!r}; fastmine builds {', '.join(table)}")
+    return table[family]
+
+
+class StyleGANSource(nn.Module):
+    """A StyleGAN2/3 generator that takes fastmine latents (see the module docstring).
+
+    ``kwargs``: the official constructor keywords. ``noise_mode``: ``const`` (the network's
+    fixed noise buffers, deterministic, the default), ``random`` or ``none``.
+    """
+
+    def __init__(self, family: str, kwargs: dict, latent: str = "z", truncation_psi: float = 1.0,
+                 truncation_cutoff: int | None = None, noise_mode: str = "const"):
+        super().__init__()
+        if latent not in LATENTS:
+            raise ValueError(f"unknown latent space {latent!r}; use one of {', '.join(LATENTS)} (source.latent)")
+        if noise_mode not in NOISE_MODES:
+            raise ValueError(f"unknown noise_mode {noise_mode!r}; use one of {', '.join(NOISE_MODES)}")
+        if not 0.0 <= float(truncation_psi) <= 1.0:
+            raise ValueError(f"truncation_psi must be in [0, 1], got {truncation_psi}")
+        self.net = _check_family(family, GENERATORS)(**kwargs)
+        self.family, self.kwargs, self.latent = family, dict(kwargs), latent
+        self.truncation_psi, self.truncation_cutoff = float(truncation_psi), truncation_cutoff
+        self.noise_mode = noise_mode
+        self.register_buffer("w_std", torch.ones(self.net.w_dim))
+
+    def arch(self) -> dict:
+        """The arch dict that rebuilds this source (stored in fastmine model files)."""
+        return {"family": self.family, "kwargs": self.kwargs, "latent": self.latent,
+                "truncation_psi": self.truncation_psi, "truncation_cutoff": self.truncation_cutoff,
+                "noise_mode": self.noise_mode}
+
+    @property
+    def latent_spec(self) -> LatentSpec:
+        g = self.net
+        if self.latent == "z":
+            spec = {"z": ((g.z_dim,), "normal")}
+            if g.c_dim:
+                spec["c"] = ((g.c_dim,), "none")
+            return LatentSpec(spec)
+        shape = (g.w_dim,) if self.latent == "w" else (g.num_ws, g.w_dim)
+        return LatentSpec(w=(shape, "normal"))
+
+    @torch.no_grad()
+    def calibrate(self, n: int = W_STATS_SAMPLES, seed: int = 0, batch: int = 1000):
+        """Measure ``w_std`` from n mapping samples (classes drawn uniformly when conditional)."""
+        g = self.net
+        gen = torch.Generator().manual_seed(seed)
+        device = self.w_std.device
+        total = torch.zeros(g.w_dim, dtype=torch.float64, device=device)
+        total_sq = torch.zeros_like(total)
+        for i in range(0, n, batch):
+            m = min(batch, n - i)
+            z = torch.randn(m, g.z_dim, generator=gen).to(device)
+            c = None
+            if g.c_dim:
+                c = nn.functional.one_hot(torch.randint(g.c_dim, (m,), generator=gen), g.c_dim).float().to(device)
+            w = g.mapping(z, c)[:, 0].double()
+            total += w.sum(0)
+            total_sq += (w * w).sum(0)
+        mean = total / n
+        self.w_std.copy_((total_sq / n - mean * mean).clamp_min(1e-12).sqrt().float())
+        return self
+
+    def to_w(self, x: torch.Tensor) -> torch.Tensor:
+        """Standardised w (or w+) -> the network's w."""
+        return self.net.mapping.w_avg + self.w_std * x
+
+    def ws(self, z=None, w=None, c=None) -> torch.Tensor:
+        """The per-layer styles [N, num_ws, w_dim] the synthesis network takes."""
+        g = self.net
+        if self.latent == "z":
+            return g.mapping(z, c, truncation_psi=self.truncation_psi, truncation_cutoff=self.truncation_cutoff)
+        ws = self.to_w(w)
+        if self.latent == "w":
+            ws = ws.unsqueeze(1).expand(-1, g.num_ws, -1)
+        if self.truncation_psi != 1:
+            cut = g.num_ws if self.truncation_cutoff is None else self.truncation_cutoff
+            w_avg = g.mapping.w_avg
+            ws = torch.cat([w_avg.lerp(ws[:, :cut], self.truncation_psi), ws[:, cut:]], dim=1)
+        return ws
+
+    def forward(self, *args, **latents):
+        """Latents by name (``z`` and ``c``, or ``w``), or the only one positionally."""
+        if args:
+            (latents[next(iter(self.latent_spec))],) = args
+        return self.net.synthesis(self.ws(**latents), noise_mode=self.noise_mode)
+
+
+class StyleGANCritic(nn.Module):
+    """A StyleGAN2 discriminator as a fastmine critic: images -> one score per image.
+
+    A conditional discriminator scores every image against the class vector ``c`` (a buffer;
+    default the mean of the one-hot classes, i.e. no class preferred).
+
+    Its minibatch-standard-deviation layer feeds each image's score with a statistic of the
+    other images of its group (``mbstd_group_size``, 4 by default), so the gradient of one
+    score reaches every image of the group: WGAN-GP's penalty on interpolates, taken as the
+    gradient of the summed scores, then measures each image's slope plus its group's cross
+    terms rather than a per-sample slope. Build with ``mbstd_group_size=1`` (the statistic is
+    then zero and constant) for a strictly per-sample penalty.
+    """
+
+    def __init__(self, family: str, kwargs: dict):
+        super().__init__()
+        self.net = _check_family(family, DISCRIMINATORS)(**kwargs)
+        self.family, self.kwargs = family, dict(kwargs)
+        c_dim = self.net.c_dim
+        self.register_buffer("c", torch.full((c_dim,), 1.0 / c_dim) if c_dim else torch.zeros(0))
+
+    def arch(self) -> dict:
+        return {"family": self.family, "kwargs": self.kwargs}
+
+    def forward(self, x):
+        c = self.c.expand(x.shape[0], -1) if self.net.c_dim else None
+        return self.net(x, c).squeeze(1)
+
+
+def build_source(arch: dict) -> StyleGANSource:
+    """The :class:`StyleGANSource` an arch dict describes (weights still to be loaded)."""
+    arch = dict(arch)
+    return StyleGANSource(arch.pop("family"), arch.pop("kwargs"), **arch)
+
+
+def build_critic(arch: dict) -> StyleGANCritic:
+    return StyleGANCritic(arch["family"], arch["kwargs"])
