@@ -152,7 +152,7 @@ def _convert(args):
     src = cfg.source
     written = convert(args.input, args.out, key=src.key, critic=not args.no_critic, overwrite=args.overwrite,
                       latent=src.latent, truncation_psi=src.truncation_psi, truncation_cutoff=src.truncation_cutoff,
-                      noise_mode=src.noise_mode, arch=src.arch, latent_spec=src.latent_spec,
+                      noise_mode=src.noise_mode, noise=src.noise, arch=src.arch, latent_spec=src.latent_spec,
                       allow_pickle=src.allow_pickle, trust_code=src.trust_code)
     arch = written["generator"].get("arch", written["generator"])
     what = arch.get("family") or arch.get("type") or arch.get("factory") or "generator"

@@ -76,6 +76,9 @@ class SourceConfig:
     truncation_psi: Optional[float] = None
     truncation_cutoff: Optional[int] = None
     noise_mode: Optional[str] = None
+    # StyleGAN2: mine the noise inputs up to this resolution too (latents noise_*; 0: none; MineGAN's
+    # Appendix A mines a 32x32 map beside z)
+    noise: Optional[int] = None
 
 
 @dataclass
@@ -482,6 +485,9 @@ def validate(cfg: RunConfig) -> RunConfig:
     if psi is not None and not 0 <= psi <= 1:
         raise ConfigError(f"source.truncation_psi must be in [0, 1] (1: no truncation), got {psi}")
     _positive(cfg, "source.truncation_cutoff")
+    if cfg.source.noise is not None and cfg.source.noise < 0:
+        raise ConfigError(f"source.noise must be >= 0 (a resolution in px; 0: no noise inputs mined), got "
+                          f"{cfg.source.noise}")
     _choice(cfg, "data.dataset", ("digits", "folder", "tensor", "given"))
     _choice(cfg, "data.channels", ("gray", "rgb", None))
     _choice(cfg, "data.fit", ("crop", "pad", "stretch"))

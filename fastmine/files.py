@@ -231,7 +231,7 @@ def load_state(module, state, what, path):
 
 
 def load_generator(source, latent_spec=None, arch=None, call=None, allow_pickle=False, trust_code=False, frozen=True,
-                   key=None, latent=None, truncation_psi=None, truncation_cutoff=None, noise_mode=None,
+                   key=None, latent=None, truncation_psi=None, truncation_cutoff=None, noise_mode=None, noise=None,
                    **factory_kwargs) -> GeneratorAdapter:
     """A frozen :class:`GeneratorAdapter` from any of:
 
@@ -247,10 +247,10 @@ def load_generator(source, latent_spec=None, arch=None, call=None, allow_pickle=
       is found under the well-known keys (``key=`` to choose, :mod:`fastmine.checkpoints`).
 
     StyleGAN sources: ``latent`` ``"z"`` (default) | ``"w"`` | ``"w+"``, ``truncation_psi``,
-    ``truncation_cutoff``, ``noise_mode`` (:mod:`fastmine.zoo`); None keeps a file's stored choice.
+    ``truncation_cutoff``, ``noise_mode``, ``noise`` (:mod:`fastmine.zoo`); None keeps a file's stored choice.
     """
     options = {k: v for k, v in dict(latent=latent, truncation_psi=truncation_psi, truncation_cutoff=truncation_cutoff,
-                                     noise_mode=noise_mode).items() if v is not None}
+                                     noise_mode=noise_mode, noise=noise).items() if v is not None}
     if isinstance(source, nn.Module):
         module, build = source, None
     elif isinstance(source, str) and FACTORY_SPEC.match(source) and not Path(source).exists():

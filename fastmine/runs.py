@@ -236,7 +236,7 @@ def load_source(spec, cfg: RunConfig) -> GeneratorAdapter:
     return load_generator(str(spec), latent_spec=src.latent_spec, arch=src.arch, allow_pickle=src.allow_pickle,
                           trust_code=src.trust_code, key=src.key, latent=src.latent,
                           truncation_psi=src.truncation_psi, truncation_cutoff=src.truncation_cutoff,
-                          noise_mode=src.noise_mode)
+                          noise_mode=src.noise_mode, noise=src.noise)
 
 
 def make_miner(cfg: RunConfig, latent_spec, given=None) -> nn.Module:

@@ -306,3 +306,29 @@ def test_pretrained_discriminator_trains_as_the_critic_and_the_penalty_reaches_i
     assert np.isfinite(result.metrics["penalty"]) and result.metrics["penalty"] > 0
     changed = [k for k, v in critic.state_dict().items() if not torch.equal(v, before[k])]
     assert any(k.startswith("net.b8.") for k in changed)
+
+
+def test_noise_inputs_as_latents_mapping_and_synthesis_side_miners(tiny_stylegan):
+    """source.noise=R: the noise maps up to R px are latents beside z (MineGAN Appendix A)."""
+    path, target, _ = tiny_stylegan
+    adapter = fm.load_generator(path, noise=8)
+    net = adapter.module.net
+    layers = {n: m for n, m in net.synthesis.named_modules() if isinstance(m, stylegan2.SynthesisLayer)}
+    names = ["noise_" + n.replace(".", "_") for n in layers]
+    assert list(adapter.latent_spec) == ["z", *names]
+    assert [adapter.latent_spec[k].shape for k in names] == [(1, m.resolution, m.resolution) for m in layers.values()]
+    z = torch.randn(3, 16)
+    with torch.no_grad():
+        for m in layers.values():
+            m.noise_strength.fill_(0.5)  # the random snapshot's strengths are 0: make the noise count
+        const = {k: m.noise_const.expand(3, 1, -1, -1) for k, m in zip(names, layers.values())}
+        # the network's own noise maps given as latents give its noise_mode='const' image
+        assert torch.allclose(adapter({"z": z, **const}), net(z, None, noise_mode="const"), atol=1e-6)
+        other = {k: torch.randn_like(v) for k, v in const.items()}
+        assert not torch.allclose(adapter({"z": z, **other}), net(z, None, noise_mode="const"))
+        assert all(m.mined_noise is None for m in layers.values())  # nothing left behind
+    assert list(fm.load_generator(path, noise=4).latent_spec) == ["z", "noise_b4_conv1"]
+    result = fm.mine(path, target, noise=4, steps=2, batch_size=8, log_every=1, progress=False)
+    assert set(result.sampler.miner.heads) == {"z", "noise_b4_conv1"}
+    with pytest.raises(ValueError, match="has no noise inputs to mine"):
+        StyleGANSource("stylegan3", fixture("stylegan3_t")[2]["init_kwargs"], noise=8)

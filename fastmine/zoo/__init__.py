@@ -19,6 +19,11 @@ miner works in.
   average image, not a point off the manifold), the residual init at a Gaussian fit of the w
   distribution, and the prior regulariser of inversion pulls toward ``w_avg`` on the scale of w.
   ``to_w(x)`` gives raw w (e.g. to compare with another tool's projections).
+- ``noise=R`` (StyleGAN2) adds the noise inputs of every synthesis layer up to R px as latents
+  ``noise_<block>_<layer>`` of shape [1, R, R] with an N(0, I) prior, in place of the network's
+  fixed noise. With ``latent="z"`` this is MineGAN's StyleGAN setting (Appendix A): one miner
+  head on the mapping side (z) and heads on the synthesis side (the noise maps; the paper's
+  synthesis miner outputs one 32x32 map), all fed by the same seed.
 """
 from __future__ import annotations
 
@@ -59,7 +64,7 @@ class StyleGANSource(nn.Module):
     """
 
     def __init__(self, family: str, kwargs: dict, latent: str = "z", truncation_psi: float = 1.0,
-                 truncation_cutoff: int | None = None, noise_mode: str = "const"):
+                 truncation_cutoff: int | None = None, noise_mode: str = "const", noise: int = 0):
         super().__init__()
         if latent not in LATENTS:
             raise ValueError(f"unknown latent space {latent!r}; use one of {', '.join(LATENTS)} (source.latent)")
@@ -72,12 +77,24 @@ class StyleGANSource(nn.Module):
         self.truncation_psi, self.truncation_cutoff = float(truncation_psi), truncation_cutoff
         self.noise_mode = noise_mode
         self.register_buffer("w_std", torch.ones(self.net.w_dim))
+        self.noise = int(noise)
+        # mined noise inputs: latent name -> layer (a plain dict: the layers are registered in self.net)
+        self._noise_layers = {}
+        if self.noise:
+            if family != "stylegan2":
+                raise ValueError(f"{family} has no noise inputs to mine; source.noise applies to StyleGAN2")
+            for name, layer in self.net.synthesis.named_modules():
+                if isinstance(layer, stylegan2.SynthesisLayer) and layer.use_noise and layer.resolution <= self.noise:
+                    key = "noise_" + name.replace(".", "_")
+                    self._noise_layers[key] = layer
+            if not self._noise_layers:
+                raise ValueError(f"source.noise={noise}: no noise input at {noise} px or below (the first is at 4 px)")
 
     def arch(self) -> dict:
         """The arch dict that rebuilds this source (stored in fastmine model files)."""
         return {"family": self.family, "kwargs": self.kwargs, "latent": self.latent,
                 "truncation_psi": self.truncation_psi, "truncation_cutoff": self.truncation_cutoff,
-                "noise_mode": self.noise_mode}
+                "noise_mode": self.noise_mode, "noise": self.noise}
 
     @property
     def latent_spec(self) -> LatentSpec:
@@ -86,9 +103,11 @@ class StyleGANSource(nn.Module):
             spec = {"z": ((g.z_dim,), "normal")}
             if g.c_dim:
                 spec["c"] = ((g.c_dim,), "none")
-            return LatentSpec(spec)
-        shape = (g.w_dim,) if self.latent == "w" else (g.num_ws, g.w_dim)
-        return LatentSpec(w=(shape, "normal"))
+        else:
+            spec = {"w": ((g.w_dim,) if self.latent == "w" else (g.num_ws, g.w_dim), "normal")}
+        for key, layer in self._noise_layers.items():
+            spec[key] = ((1, layer.resolution, layer.resolution), "normal")
+        return LatentSpec(spec)
 
     @torch.no_grad()
     def calibrate(self, n: int = W_STATS_SAMPLES, seed: int = 0, batch: int = 1000):
@@ -133,7 +152,13 @@ class StyleGANSource(nn.Module):
         """Latents by name (``z`` and ``c``, or ``w``), or the only one positionally."""
         if args:
             (latents[next(iter(self.latent_spec))],) = args
-        return self.net.synthesis(self.ws(**latents), noise_mode=self.noise_mode)
+        for key, layer in self._noise_layers.items():
+            layer.mined_noise = latents.pop(key)
+        try:
+            return self.net.synthesis(self.ws(**latents), noise_mode=self.noise_mode)
+        finally:
+            for layer in self._noise_layers.values():
+                layer.mined_noise = None
 
 
 class StyleGANCritic(nn.Module):

@@ -263,15 +263,19 @@ class SynthesisLayer(_ActivatedConv):
             self.register_buffer("noise_const", torch.randn([resolution, resolution]))
             self.noise_strength = nn.Parameter(torch.zeros([]))
         self.bias = nn.Parameter(torch.zeros([out_channels]))
+        self.mined_noise = None
 
     def forward(self, x, w, noise_mode="const", fused_modconv=True, gain=1):
         """x [N, in, R/up, R/up], w [N, w_dim] -> [N, out, R, R]; noise 'const' (the stored map),
-        'random' (fresh N(0, 1) per sample) or 'none'."""
+        'random' (fresh N(0, 1) per sample) or 'none'. ``self.mined_noise`` [N, 1, R, R], set by
+        the caller around a forward, replaces the map (MineGAN's synthesis-side miner choosing it)."""
         if noise_mode not in NOISE_MODES:
             raise ValueError(f"unknown noise_mode {noise_mode!r}: use one of {', '.join(NOISE_MODES)}")
         styles = self.affine(w)
         noise = None
-        if self.use_noise and noise_mode == "random":
+        if self.use_noise and self.mined_noise is not None:
+            noise = self.mined_noise.to(styles.dtype) * self.noise_strength
+        elif self.use_noise and noise_mode == "random":
             noise = torch.randn([x.shape[0], 1, self.resolution, self.resolution], device=x.device,
                                 dtype=styles.dtype) * self.noise_strength
         elif self.use_noise and noise_mode == "const":
