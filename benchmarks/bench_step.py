@@ -39,7 +39,7 @@ import torch
 from tqdm.auto import tqdm
 
 from fastmine_benchmarks.common import RESULTS_DIR, child_result, device_info, run_child, write_result
-from fastmine_benchmarks.step_configs import CONFIGS, SIZES, check_spec, has_reference, processes
+from fastmine_benchmarks.step_configs import CONFIGS, check_spec, has_reference, is_builtin, processes, size_of
 from fastmine_benchmarks.step_profile import SIDES, profile_sides, profile_text, rates
 from fastmine_benchmarks.step_replay import bf16_check, numerics_check
 from fastmine_benchmarks.step_timing import measure_side, speedup, time_pair
@@ -257,7 +257,7 @@ def main(argv=None):
         if "profile" in r and "error" not in r["profile"]:
             print("\n" + profile_text(r["config"], r["profile"]))
     settings = {"configs": specs, "variants": args.variant, "warmup": args.warmup, "steps_per_block": steps,
-                "reps": args.reps, "sizes": SIZES["cuda" if device.startswith("cuda") else "cpu"]}
+                "reps": args.reps, "sizes": {s["label"]: size_of(s, device) for s in specs if is_builtin(s)}}
     out = Path(args.out) if args.out else RESULTS_DIR / f"bench_step_{device.split(':')[0]}.json"
     write_result(out, device=device_info(device, args.threads), config=settings, results=rows)
     print(f"wrote {out}")

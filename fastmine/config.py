@@ -108,11 +108,36 @@ class TrainConfig:
 
 @dataclass
 class LossConfig:
-    """The adversarial objective: WGAN with a gradient penalty (the papers')."""
-    gp_weight: Optional[float] = None  # λ (0 turns the penalty off)
+    """The adversarial objective: WGAN with a gradient penalty (the papers') or another (fastmine.losses)."""
+    objective: str = "wgan_gp"       # wgan_gp | logistic (non-saturating + R1) | hinge | minimax | lsgan | wgan_clip
+    gp_weight: Optional[float] = None  # λ of WGAN-GP (0 turns the penalty off)
     gp_center: float = 1.0
     gp_one_sided: bool = False       # WGAN-LP: penalise only norms above gp_center
     gp_every: int = 1                # lazy regularisation: penalty every k-th critic step, scaled by k
+    r1_gamma: float = 10.0           # logistic: γ of R1 = γ/2·E‖∇_x D(x)‖² on real images (0: off)
+    r1_every: int = 16               # lazy R1 (StyleGAN2 §B): every k-th critic step, scaled by k
+    clip: float = 0.01               # wgan_clip: critic weights clipped to [-clip, clip] after each step
+    spectral_norm: bool = False      # spectral normalisation of the critic's weights (SNGAN)
+
+
+@dataclass
+class AugmentConfig:
+    """Differentiable augmentation of every critic input, real and fake alike (fastmine.augment)."""
+    kind: str = "none"               # none | diffaugment | ada
+    policy: list = field(default_factory=lambda: ["color", "translation", "cutout"])  # DiffAugment's
+    ada_target: float = 0.6          # ADA: the overfitting heuristic r_t = E[sign(D(x_real))] is steered to this
+    ada_images: int = 500_000        # ADA: real images over which p may move from 0 to 1 (adjustment speed)
+    ada_interval: int = 4            # ADA: p is adjusted every this many critic steps
+    ada_p: float = 0.0               # ADA: the initial augmentation probability
+
+
+@dataclass
+class RegularizeConfig:
+    """Extra loss terms that hold the adapting generator near its source (fastmine.regularizers)."""
+    ewc: float = 0.0                 # λ of EWC (Li et al. 2020): Fisher-weighted pull toward the source weights
+    ewc_samples: int = 256           # source samples the Fisher information is estimated on
+    cdc: float = 0.0                 # λ of CDC's cross-domain distance consistency (Ojha et al. 2021)
+    cdc_layers: Optional[list] = None  # generator modules whose features CDC compares (null: one per resolution)
 
 
 @dataclass
@@ -209,6 +234,8 @@ class RunConfig:
     miner: MinerConfig = field(default_factory=MinerConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     loss: LossConfig = field(default_factory=LossConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    regularize: RegularizeConfig = field(default_factory=RegularizeConfig)
     perf: PerfConfig = field(default_factory=PerfConfig)
     log: LogConfig = field(default_factory=LogConfig)
     multi: MultiConfig = field(default_factory=MultiConfig)
@@ -462,6 +489,25 @@ def validate(cfg: RunConfig) -> RunConfig:
         raise ConfigError(f"train.betas must be two numbers in [0, 1), e.g. [0.5, 0.999], got {t.betas!r}")
     if loss.gp_weight is not None and loss.gp_weight < 0:
         raise ConfigError(f"loss.gp_weight must be >= 0 (0 turns the penalty off), got {loss.gp_weight}")
+    _choice(cfg, "loss.objective", ("wgan_gp", "logistic", "hinge", "minimax", "lsgan", "wgan_clip"))
+    if loss.r1_gamma < 0:
+        raise ConfigError(f"loss.r1_gamma must be >= 0 (0 turns R1 off), got {loss.r1_gamma}")
+    _positive(cfg, "loss.r1_every", "loss.clip")
+    if loss.spectral_norm and loss.objective == "wgan_clip":
+        raise ConfigError("loss.spectral_norm and loss.objective=wgan_clip both bound the critic's weights; "
+                          "choose one (spectral_norm with hinge is SNGAN's)")
+    _choice(cfg, "augment.kind", ("none", "diffaugment", "ada"))
+    if cfg.augment.kind == "diffaugment":
+        bad = [p for p in cfg.augment.policy if p not in ("color", "translation", "cutout")]
+        if bad:
+            raise ConfigError(f"augment.policy: unknown {bad}; DiffAugment has color, translation, cutout")
+    if not 0 <= cfg.augment.ada_p < 1 or not 0 < cfg.augment.ada_target < 1:
+        raise ConfigError(f"augment.ada_p must be in [0, 1) and augment.ada_target in (0, 1), got "
+                          f"{cfg.augment.ada_p} and {cfg.augment.ada_target}")
+    _positive(cfg, "augment.ada_images", "augment.ada_interval", "regularize.ewc_samples")
+    for key in ("regularize.ewc", "regularize.cdc"):
+        if _get(cfg, key) < 0:
+            raise ConfigError(f"config key '{key}' must be >= 0 (0 turns it off), got {_get(cfg, key)}")
     if not 0 < cfg.s3.p <= 1:
         raise ConfigError(f"s3.p must be in (0, 1], got {cfg.s3.p}")
     if cfg.data.limit is not None and cfg.data.limit < 1:

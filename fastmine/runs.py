@@ -24,6 +24,7 @@ from .config import ConfigError, RunConfig, dump_config, fill_defaults, load_con
 from .data import describe, load_data, load_digits, load_image_folder, make_target
 from .files import (
     RunLock,
+    build_module,
     clear_folder,
     critic_build_of,
     has_critic,
@@ -37,6 +38,7 @@ from .files import (
 )
 from .fusion import FusedSampler, PseudoRealData, attach_labels, region_means, single_latent
 from .inversion import Inversion, fit_miner, invert
+from .losses import apply_spectral_norm, folded_state_dict
 from .methods import Method, get_method
 from .miner import Miner
 from .multi import MultiSampler, selector_log
@@ -206,6 +208,13 @@ def new_generator(data, model=None) -> GeneratorAdapter:
 def resolve_critic(critic, example, cfg: RunConfig):
     """(critic module, how to rebuild it or None): a module as given, the critic stored in a
     file, or a fresh project critic sized for ``example`` when ``critic`` is None."""
+    module, build = _critic_and_build(critic, example, cfg)
+    if cfg.loss.spectral_norm:  # the file stores the normalised weights without it (model_writer)
+        apply_spectral_norm(module)
+    return module, build
+
+
+def _critic_and_build(critic, example, cfg: RunConfig):
     if isinstance(critic, nn.Module):
         return critic, None
     src = cfg.source
@@ -319,7 +328,11 @@ def model_writer(cfg: RunConfig, run_dir, sampler, critic=None, critic_build=Non
         if run_dir is not None:
             export = distributed.exportable_sampler(sampler)
             if trainer.is_main:
-                save_any(run_dir / "model.safetensors", export, critic=critic, critic_build=critic_build,
+                stored = critic
+                if critic is not None and critic_build is not None and cfg.loss.spectral_norm:
+                    stored = build_module(critic_build, "critic")  # W/σ(W) as plain weights
+                    stored.load_state_dict(folded_state_dict(critic))
+                save_any(run_dir / "model.safetensors", export, critic=stored, critic_build=critic_build,
                          extra={"method": cfg.method, "steps": cfg.train.steps, **(extra or {})})
                 if after is not None:
                     after(run_dir)

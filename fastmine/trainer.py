@@ -29,7 +29,7 @@ from . import distributed
 from .data import DeviceSampler
 from .files import atomic_save_safetensors, atomic_torch_save, atomic_write_text, read_file
 from .images import save_grid
-from .losses import check_critic_for_penalty, critic_loss, gradient_penalty, sampler_loss
+from .losses import check_critic_for_penalty, clip_weights, get_objective, gradient_penalty, r1_penalty
 from .trackers import Trackers
 
 AMP = ("none", "bf16")
@@ -114,7 +114,8 @@ class Trainer:
         if self.channels_last:  # 4-d weights and images in NHWC: what cuDNN / oneDNN convolutions prefer
             _to_channels_last(self.sampler)
             _to_channels_last(self.critic)
-        if cfg.loss.gp_weight and cfg.loss.gp_weight > 0:
+        self.objective = get_objective(cfg.loss.objective)
+        if self._penalty_weight() > 0:
             check_critic_for_penalty(self.critic)
         self._sampler_fwd, self._critic_fwd = _compiled(self.sampler, self.critic, cfg.perf.compile)
         self.data = DeviceSampler(data, self.device, channels_last=self.channels_last)
@@ -145,7 +146,7 @@ class Trainer:
         self.grid_seeds = sampler.draw_seeds(cfg.log.grid_size, grid_gen, self.device)
         # lazy regularisation (StyleGAN2 §B): the penalty every k-th critic step, scaled by k,
         # with Adam's lr and betas adjusted so the overall step size is unchanged
-        k = max(1, cfg.loss.gp_every)
+        k = self._penalty_every()
         c = k / (k + 1) if k > 1 else 1.0
         betas = tuple(b**c for b in cfg.train.betas)
         fused = {"fused": True} if cfg.perf.fused_adam else {}
@@ -163,6 +164,15 @@ class Trainer:
     @property
     def is_main(self):
         return self.rank == 0
+
+    def _penalty_weight(self) -> float:
+        """λ of WGAN-GP or γ of R1, whichever the objective uses (0: none)."""
+        loss = self.cfg.loss
+        return {"gp": loss.gp_weight or 0.0, "r1": loss.r1_gamma}.get(self.objective.penalty, 0.0)
+
+    def _penalty_every(self) -> int:
+        loss = self.cfg.loss
+        return max(1, loss.r1_every if self.objective.penalty == "r1" else loss.gp_every)
 
     def _reset_stats(self):
         z = lambda: torch.zeros((), device=self.device)
@@ -240,14 +250,17 @@ class Trainer:
                 d_real, d_fake = scores[:B], scores[B:]
             else:  # oneDNN's convolution backward is slower at 2B than twice at B (benchmarks/RESULTS.md)
                 d_real, d_fake = _at_least_fp32(critic(real)), _at_least_fp32(critic(fake))
-        loss = critic_loss(d_fake, d_real)
+        loss = self.objective.critic(d_fake, d_real)
         self._track("wasserstein", d_real.mean() - d_fake.mean(), step)
-        if cfg.loss.gp_weight > 0 and critic_iter % max(1, cfg.loss.gp_every) == 0:
-            eps = self._draw(lambda n, g: torch.rand(n, generator=g, device=self.device))
-            penalty, grad_norm = gradient_penalty(
-                self.critic, real, fake, weight=cfg.loss.gp_weight * max(1, cfg.loss.gp_every),
-                center=cfg.loss.gp_center,
-                one_sided=cfg.loss.gp_one_sided, eps=eps, impl=cfg.perf.impl)
+        weight, every = self._penalty_weight(), self._penalty_every()
+        if weight > 0 and critic_iter % every == 0:
+            if self.objective.penalty == "r1":
+                penalty, grad_norm = r1_penalty(self.critic, real, gamma=weight * every, impl=cfg.perf.impl)
+            else:
+                eps = self._draw(lambda n, g: torch.rand(n, generator=g, device=self.device))
+                penalty, grad_norm = gradient_penalty(
+                    self.critic, real, fake, weight=weight * every, center=cfg.loss.gp_center,
+                    one_sided=cfg.loss.gp_one_sided, eps=eps, impl=cfg.perf.impl)
             loss = loss + penalty
             self._track("penalty", penalty, step)
             self._track("grad_norm", grad_norm, step)
@@ -258,6 +271,8 @@ class Trainer:
         loss.backward()
         self._sync_grads(self.critic_params)
         self.opt_critic.step()
+        if self.objective.clip:
+            clip_weights(self.critic_params, cfg.loss.clip)
 
     def sampler_step(self, step):
         for p in self.critic_params:
@@ -266,7 +281,7 @@ class Trainer:
             with self._autocast():
                 fake = self._sampler_fwd(self._draw(lambda n, g: self.sampler.draw_seeds(n, g, self.device)))
                 scores = self._critic_fwd(fake)
-            loss = sampler_loss(_at_least_fp32(scores))
+            loss = self.objective.sampler(_at_least_fp32(scores))
             self.opt_sampler.zero_grad(set_to_none=True)
             loss.backward()
         finally:
