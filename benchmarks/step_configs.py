@@ -65,7 +65,7 @@ CONFIGS = {
     "stylegan2-wplus-b16": BuiltIn("minegan_noft", 1, 16, family="stylegan2"),
 }
 # what a --variant may change in a built-in configuration: its data, sources and networks are its own
-VARIANT_SECTIONS = ("train", "loss", "perf", "log", "multi", "miner", "s3", "fusion", "dist")
+VARIANT_SECTIONS = ("train", "loss", "augment", "regularize", "perf", "log", "multi", "miner", "s3", "fusion", "dist")
 REFERENCE_KINDS = ("single", "multi")
 
 

@@ -10,6 +10,12 @@ Two protocols, on purpose:
   generated as real images (capped at 10,000). With a 100-image target that is 100
   generated images, and one draw of 100 is noisy; we average ``repeats`` draws with
   different sample seeds (the spread across draws is reported as ``fid_draw_std``).
+  Besides MineGAN++'s FID/KMMD/MV, the final protocol scores what reviewers of few-shot
+  adaptation expect (formulas and defaults in :mod:`fastmine.metrics.scores`): KID
+  (``kid``, ``kid_std`` over subsets), improved precision and recall (k = 3) and CDC's
+  intra-cluster diversity, on the same features as FID -- the extractor's name is
+  ``extractor`` in the result and, for the intra-cluster distance (which CDC measures with
+  LPIPS), also ``intra_cluster_features``. The training-time callback leaves them out.
 
 Sampling never touches the trainer's random stream (``Sampler.sample`` has its own
 generator, in eval mode, so batch-norm statistics do not move): a run with the callback
@@ -27,7 +33,21 @@ from .config import load_config
 from .data import load_data
 from .files import load_any, read_file
 from .metrics.features import get_feature_extractor
-from .metrics.scores import extract, fid, kmmd, mv, target_share
+from .metrics.scores import (
+    KID_SUBSET_SIZE,
+    KID_SUBSETS,
+    PR_K,
+    extract,
+    fid,
+    intra_cluster_diversity,
+    kid,
+    kid_plan,
+    kmmd,
+    knn_radii,
+    mv,
+    precision_recall,
+    target_share,
+)
 
 TREND_KEYS = ("fid", "kmmd", "target_share")
 
@@ -41,9 +61,13 @@ def default_target_class(data_cfg, extractor: str):
 
 
 class Scorer:
-    """Real features computed once; fake images scored against them."""
+    """Real features computed once; fake images scored against them.
 
-    def __init__(self, real, extractor="digits", inception_weights=None, target_class=None, device="cpu"):
+    ``kid_subsets``: KID's number of subsets; ``seed``: the seed of the generator that draws
+    them (a fresh one per :meth:`score`, so a set of fakes always gets the same subsets)."""
+
+    def __init__(self, real, extractor="digits", inception_weights=None, target_class=None, device="cpu",
+                 kid_subsets=KID_SUBSETS, seed=0):
         self.name = extractor if isinstance(extractor, str) else type(extractor).__name__
         if isinstance(extractor, str):
             extractor = get_feature_extractor(
@@ -52,10 +76,15 @@ class Scorer:
         if target_class is not None and not hasattr(extractor, "forward_with_features"):
             raise ValueError(f"target_class needs an extractor with a class head; {self.name} has none (use 'digits')")
         self.target_class = target_class
+        kid_plan(2, 2, kid_subsets)  # a bad number of subsets fails here, not after sampling
+        self.kid_subsets, self.seed = kid_subsets, seed
         self.real = torch.as_tensor(real).float()
         self.real_feats = extract(self.net, self.real, device=device)
+        self._real_radii = None
 
-    def score(self, fake: torch.Tensor, real_feats=None) -> dict:
+    def score(self, fake: torch.Tensor, real_feats=None, extra=True) -> dict:
+        """fid, kmmd, kmmd_sigma, mv, [target_share]; with ``extra`` also the few-shot metrics
+        of :meth:`extra_scores` (the training-time trend leaves them out: ``extra=False``)."""
         real_feats = self.real_feats if real_feats is None else real_feats
         if self.target_class is not None:
             feats, logits = extract(self.net, fake, device=self.device, with_logits=True)
@@ -65,6 +94,28 @@ class Scorer:
         out = {"fid": fid(real_feats, feats), "kmmd": k, "kmmd_sigma": sigma, "mv": mv(feats)}
         if logits is not None:
             out["target_share"] = target_share(logits, self.target_class)
+        if extra:
+            out.update(self.extra_scores(real_feats, feats))
+        return out
+
+    def extra_scores(self, real_feats, fake_feats) -> dict:
+        """KID (mean and std over subsets, subset size and count), precision and recall
+        (k = PR_K; None when a set has no more than k samples, so no k-NN manifold) and
+        intra-cluster diversity (clusters counted, singletons left out), all on this scorer's
+        features; ``intra_cluster_features`` names them (CDC uses LPIPS)."""
+        subsets, size = kid_plan(len(real_feats), len(fake_feats), self.kid_subsets, KID_SUBSET_SIZE)
+        kid_mean, kid_std = kid(real_feats, fake_feats, self.kid_subsets, KID_SUBSET_SIZE,
+                                generator=torch.Generator().manual_seed(self.seed))
+        out = {"kid": kid_mean, "kid_std": kid_std, "kid_subsets": subsets, "kid_subset_size": size}
+        if min(len(real_feats), len(fake_feats)) > PR_K:
+            own = real_feats is self.real_feats
+            if own and self._real_radii is None:
+                self._real_radii = knn_radii(real_feats, PR_K)
+            out["precision"], out["recall"] = precision_recall(real_feats, fake_feats, PR_K,
+                                                               real_radii=self._real_radii if own else None)
+        else:
+            out["precision"] = out["recall"] = None
+        out.update(intra_cluster_diversity(real_feats, fake_feats), intra_cluster_features=self.name)
         return out
 
 
@@ -83,7 +134,7 @@ def fid_callback(real, every=50, n=500, extractor="digits", target_class=None, i
             return None
         if "scorer" not in state:  # built lazily: the feature net loads once, in the training process
             state["scorer"] = Scorer(real, extractor, inception_weights, target_class, device)
-        scores = state["scorer"].score(trainer.sampler.sample(n, seed=seed))
+        scores = state["scorer"].score(trainer.sampler.sample(n, seed=seed), extra=False)
         return {k: v for k, v in scores.items() if k in TREND_KEYS}
 
     return callback
@@ -92,16 +143,25 @@ def fid_callback(real, every=50, n=500, extractor="digits", target_class=None, i
 def evaluate_sampler(sampler, real, extractor="digits", target_class=None, inception_weights=None, n_cap=10_000,
                      repeats=5, seed=0, device="cpu", scorer: Scorer | None = None) -> dict:
     """The paper's protocol (as many generated as real images, capped at ``n_cap``), averaged
-    over ``repeats`` sample draws. Returns fid, kmmd, mv, [target_share], fid_draw_std, n_real,
-    n_fake, repeats, extractor."""
+    over ``repeats`` sample draws. Returns :meth:`Scorer.score`'s keys (fid, kmmd, kmmd_sigma,
+    mv, [target_share], kid, kid_std, kid_subsets, kid_subset_size, precision, recall,
+    intra_cluster, intra_cluster_clusters, intra_cluster_singletons, intra_cluster_features),
+    each the mean over draws of the draws that have it (a value every draw shares, such as a
+    name or a subset size, as it is), and fid_draw_std, n_real, n_fake, repeats, extractor."""
     scorer = scorer or Scorer(_cap(real, n_cap, seed), extractor, inception_weights, target_class, device)
     n = len(scorer.real)
     draws = [scorer.score(sampler.sample(n, seed=seed + 1000 * r)) for r in range(repeats)]
-    out = {k: sum(d[k] for d in draws) / len(draws) for k in draws[0]}
+    out = {k: _over_draws([d[k] for d in draws]) for k in draws[0]}
     std = mean_std([d["fid"] for d in draws])[1]
     out["fid_draw_std"] = 0.0 if std is None else std
     out.update(n_real=n, n_fake=n, repeats=repeats, extractor=scorer.name)
     return out
+
+
+def _over_draws(values):
+    if all(v == values[0] for v in values):
+        return values[0]
+    return mean_std(values)[0]  # draws where a score is undefined (None) are left out
 
 
 def _cap(real, n_cap, seed):
@@ -144,7 +204,7 @@ def checkpoint_curve(run_dir, scorer: Scorer, n=None, seed=0) -> list[tuple[int,
         tensors, _ = read_file(path)
         sampler.load_state_dict({k[8:]: v for k, v in tensors.items() if k.startswith("sampler.")})
         step = int(path.stem.split("-")[1])
-        curve.append((step, scorer.score(sampler.sample(n or len(scorer.real), seed=seed))["fid"]))
+        curve.append((step, scorer.score(sampler.sample(n or len(scorer.real), seed=seed), extra=False)["fid"]))
     return curve
 
 

@@ -26,15 +26,17 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from . import distributed
+from .augment import build_augment
 from .data import DeviceSampler
 from .files import atomic_save_safetensors, atomic_torch_save, atomic_write_text, read_file
 from .images import save_grid
 from .losses import check_critic_for_penalty, clip_weights, get_objective, gradient_penalty, r1_penalty
+from .regularizers import build_regularizers
 from .trackers import Trackers
 
 AMP = ("none", "bf16")
 COMPILE = ("none", "sampler", "first_order")
-TERMS = ("loss_critic", "loss_sampler", "penalty", "wasserstein", "grad_norm")
+TERMS = ("loss_critic", "loss_sampler", "penalty", "wasserstein", "grad_norm", "regularize")
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -155,6 +157,17 @@ class Trainer:
             [{"params": g.params(), "lr": g.lr or cfg.train.lr} for g in self.groups], lr=cfg.train.lr,
             betas=tuple(cfg.train.betas),
             **fused)
+        # augmentation of every critic input, and regularizers of the sampler's loss (fastmine.augment,
+        # fastmine.regularizers): their state (ADA's p, EWC's Fisher, CDC's source copy) is checkpointed
+        self.augment = build_augment(cfg.augment)
+        self.regularizers = nn.ModuleList(build_regularizers(cfg.regularize))
+        if len(self.regularizers):
+            gen = torch.Generator(self.device).manual_seed(seed + 4243)  # the same estimate on every rank
+            for r in self.regularizers:
+                r.setup(self.sampler, self.critic, gen, self.device)
+        self.parts = nn.ModuleDict({"augment": self.augment} if self.augment is not None else {})
+        self.parts.update({f"regularize_{r.name}": r for r in self.regularizers})
+        self.parts.to(self.device)
         self.state = TrainState()
         self._step_t = torch.zeros((), dtype=torch.long, device=self.device)
         self._reset_stats()
@@ -216,6 +229,19 @@ class Trainer:
             return draw(self.cfg.train.batch_size, self.rng)
         return torch.cat([draw(self.stream_batch, g) for g in self.rngs])
 
+    def _augmented(self, x):
+        """The critic's view of ``x``: augmented from each random stream's share of the batch (as
+        the batch was drawn), so any number of processes augments the global batch alike."""
+        if self.augment is None:
+            return x
+        if len(self.rngs) == 1:
+            return self.augment(x, self.rng)
+        return torch.cat([self.augment(chunk, g) for chunk, g in zip(x.split(self.stream_batch), self.rngs)])
+
+    def _generator_trains(self) -> bool:
+        generator = getattr(self.sampler, "generator", self.sampler)
+        return any(p.requires_grad for p in generator.parameters())
+
     def _sync_grads(self, params):
         # a trainable parameter that got no gradient (the miner of a generator none of whose
         # candidates was chosen) gets zeros: Adam then moves it on its momentum exactly as the
@@ -243,6 +269,9 @@ class Trainer:
         with torch.no_grad(), self._autocast():
             fake = self._sampler_fwd(self._draw(lambda n, g: self.sampler.draw_seeds(n, g, self.device)))
         fake = fake.to(real.dtype)
+        # the critic sees augmented images only, and the penalty is taken where it looks: on the
+        # augmented pair (fastmine.augment)
+        real, fake = self._augmented(real), self._augmented(fake)
         critic = self._critic_fwd  # the loss passes are first order: compiled with perf.compile=first_order
         with self._autocast():
             if self.device.type == "cuda":  # one pass, half the launches (no batch norm: rows are independent)
@@ -252,6 +281,9 @@ class Trainer:
                 d_real, d_fake = _at_least_fp32(critic(real)), _at_least_fp32(critic(fake))
         loss = self.objective.critic(d_fake, d_real)
         self._track("wasserstein", d_real.mean() - d_fake.mean(), step)
+        if self.augment is not None:
+            self.augment.observe(d_real)  # ADA's r_t: the mean over every process (same p on each)
+            self.augment.adjust(B * self.world, all_reduce=distributed.all_reduce_sum_ if self.world > 1 else None)
         weight, every = self._penalty_weight(), self._penalty_every()
         if weight > 0 and critic_iter % every == 0:
             if self.objective.penalty == "r1":
@@ -278,10 +310,15 @@ class Trainer:
         for p in self.critic_params:
             p.requires_grad_(False)  # no critic gradients are needed for the sampler's loss
         try:
+            seeds = self._draw(lambda n, g: self.sampler.draw_seeds(n, g, self.device))
             with self._autocast():
-                fake = self._sampler_fwd(self._draw(lambda n, g: self.sampler.draw_seeds(n, g, self.device)))
-                scores = self._critic_fwd(fake)
+                fake = self._sampler_fwd(seeds)
+                scores = self._critic_fwd(self._augmented(fake))
             loss = self.objective.sampler(_at_least_fp32(scores))
+            if len(self.regularizers) and self._generator_trains():  # they hold a training generator near its source
+                term = sum(r.sampler_term(self.sampler, seeds) for r in self.regularizers)
+                self._track("regularize", term, step)
+                loss = loss + term
             self.opt_sampler.zero_grad(set_to_none=True)
             loss.backward()
         finally:
@@ -372,6 +409,10 @@ class Trainer:
         row = {"step": step, "loss_critic": s["loss_critic"].item() / nc, "loss_sampler": s["loss_sampler"].item() / ns,
                "penalty": s["penalty"].item() / npen, "wasserstein": s["wasserstein"].item() / nc,
                "grad_norm": s["grad_norm"].item() / npen, "elapsed_s": round(elapsed, 3)}
+        if len(self.regularizers):
+            row["regularize"] = s["regularize"].item() / ns
+        if self.augment is not None:
+            row.update(self.augment.stats())
         for cb in self.callbacks:
             row.update(cb(self, step) or {})
         self._reset_stats()
@@ -422,6 +463,7 @@ class Trainer:
         # with frozen weights, deepspeed#3090)
         tensors = {f"sampler.{k}": v for k, v in distributed.checkpoint_state(self.sampler).items()}
         tensors |= {f"critic.{k}": v for k, v in self.critic.state_dict().items()}
+        tensors |= {f"parts.{k}": v for k, v in self.parts.state_dict().items()}
         atomic_save_safetensors(tensors, d / f"ckpt-{step:07d}.safetensors", {"step": str(step)})
         state = {"step": step, "global_batch": self.cfg.train.batch_size * self.world,
                  "opt_critic": self.opt_critic.state_dict(), "opt_sampler": self.opt_sampler.state_dict(),
@@ -486,6 +528,7 @@ class Trainer:
         distributed.load_checkpoint_state(self.sampler, sampler_state,
                                           omitted_prefix="generator." if frozen_generator else None)
         self.critic.load_state_dict({k[7:]: v for k, v in tensors.items() if k.startswith("critic.")})
+        self.parts.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("parts.")})
         self._set_phase(step)  # the parameters that train at this step must be the optimizer's
         self.opt_critic.load_state_dict(state["opt_critic"])
         self.opt_sampler.load_state_dict(state["opt_sampler"])
@@ -501,7 +544,10 @@ class Trainer:
                       "on fresh streams (set dist.streams to resume on the same numbers)")
         torch.set_rng_state(state["torch_rng"])
         self.state.step = step
-        self.state.stats = {k: v.to(self.device) for k, v in state["stats"].items()}
+        stats = {k: v.to(self.device) for k, v in state["stats"].items()}
+        bad = stats["first_bad"]  # a run checkpointed before a term was added tracks it from here on
+        stats["first_bad"] = torch.cat([bad, bad.new_full((len(TERMS) - len(bad),), -1)])
+        self.state.stats = {**self.state.stats, **stats}
         if self.run_dir and self.is_main:
             _truncate_metrics(self.run_dir / "metrics.jsonl", step)
         return step

@@ -53,9 +53,11 @@ def test_demo_quick_report_has_a_finite_row_per_method(quick_demo):
     table = _table((out / "report.md").read_text())
     assert set(table) == {"source (no adaptation)"} | {LABELS[m] for m in DEMO_METHODS}
     for label, cells in table.items():
-        values = [_number(c) for c in cells]  # FID, KMMD, MV, target share
-        assert len(values) == 4 and all(math.isfinite(v) for v in values), (label, cells)
-        assert values[0] > 0 and 0 <= values[3] <= 1, (label, values)
+        # FID, KMMD, MV, target share, KID, precision, recall, intra-cluster ("–": no cluster of two)
+        values = [_number(c) for c in cells[:7]]
+        assert len(cells) == 8 and all(math.isfinite(v) for v in values), (label, cells)
+        assert values[0] > 0 and 0 <= values[3] <= 1 and 0 <= values[5] <= 1 and 0 <= values[6] <= 1, (label, values)
+        assert cells[7] == "–" or _number(cells[7]) >= 0, (label, cells)
     report = (out / "report.md").read_text()
     assert "80 digit-9 images of the dataset that are **not** in the target set" in report  # the held-out table
     # a quick run says its numbers mean nothing and judges no ordering

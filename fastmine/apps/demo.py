@@ -200,7 +200,8 @@ def _run_one(task: dict) -> dict:
                                "curve_source": "logged evaluations in metrics.jsonl", "target_class": TARGET_CLASS})
     if task["save_samples"]:
         save_grid(result.sampler.sample(64, seed=0), out / f"samples_{method}.png")
-    print(f"[demo] seed {run_seed} {LABELS[method]:<18} FID {metrics['fid']:7.2f}  "
+    print(f"[demo] seed {run_seed} {LABELS[method]:<18} FID {metrics['fid']:7.2f}  KID {metrics['kid']:.4g}  "
+          f"precision {metrics['precision']:.2f}  recall {metrics['recall']:.2f}  "
           f"target share {metrics['target_share']:.2f}  ({train_s:.0f} s)", flush=True)
     return {"method": method, "seed": run_seed, "metrics": metrics, "heldout": scores["heldout"], "curve": curve,
             "train_s": train_s, "config": cfg, "run_dir": run_dir}

@@ -14,11 +14,15 @@ from ..data import load_data
 from ..evaluation import mean_std
 from ..files import load_any, load_latents
 from ..methods import METHODS
+from ..metrics.scores import PR_K
 from ..multi import MultiSampler
 from . import pictures
 
+# the few-shot metrics come after MineGAN++'s, so the paper's columns keep their places
 COLUMNS = (("fid", "FID ↓", "{:.2f}"), ("kmmd", "KMMD ↓", "{:.4f}"), ("mv", "MV", "{:.3f}"),
-           ("target_share", "target share ↑", "{:.2f}"))
+           ("target_share", "target share ↑", "{:.2f}"), ("kid", "KID ↓", "{:.4g}"),
+           ("precision", "precision ↑", "{:.2f}"), ("recall", "recall ↑", "{:.2f}"),
+           ("intra_cluster", "intra-cluster ↑", "{:.3g}"))
 
 
 def versions() -> dict:
@@ -41,6 +45,26 @@ def metrics_table(rows: dict[str, list[dict]], columns=COLUMNS) -> str:
         cells = [fmt([d.get(key) for d in dicts], spec) for key, _, spec in cols]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def few_shot_metrics_note(m: dict, whose: str = "") -> str:
+    """The paragraph that says how KID, precision/recall and intra-cluster diversity were
+    computed, with the numbers of ``m`` (one evaluate_sampler result)."""
+    whose = f" {whose}" if whose else ""
+    size = f"min(1000, n_real, n_fake) = {m['kid_subset_size']}"
+    if m["kid_subsets"] == 1:
+        subsets = f"on the whole sets (subset size {size})"
+    else:
+        subsets = (f"mean over {m['kid_subsets']} random subsets of {size} per set (std over subsets{whose} ± "
+                   f"{m['kid_std']:.3g})")
+    counted = f"{m['intra_cluster_clusters']:.3g} clusters counted{whose} (mean over draws)"
+    return ("KID: unbiased squared MMD with the cubic polynomial kernel (xᵀy/d + 1)³ (Bińkowski et al. 2018), "
+            f"{subsets}. Precision / recall: share of generated samples inside the real set's k-NN manifold / of real "
+            f"samples inside the generated set's, k = {PR_K} (Kynkäänniemi et al. 2019). Intra-cluster: each generated "
+            "sample joins its nearest target image, mean pairwise distance within each cluster of at least 2 members, "
+            "averaged over those clusters (CDC, Ojha et al. 2021) — with Euclidean distances of the "
+            f"`{m['intra_cluster_features']}` features, not LPIPS; clusters of one sample are left out; {counted}. "
+            "All on the same features as FID.")
 
 
 def plot_curves(curves: dict[str, list[list[tuple[int, float]]]], path, ylabel="FID (digits features)",
@@ -92,7 +116,8 @@ def write_run_report(run_dir, result: dict, with_pictures: bool = True, inverted
     if result.get("target_class") is not None:
         lines += [f"Target share: fraction of samples the digits classifier labels {result['target_class']}.", ""]
     lines += ["KMMD: unbiased squared MMD, Gaussian kernel, bandwidth = median pairwise feature distance "
-              f"(σ = {m['kmmd_sigma']:.3g}). MV: mean over feature dimensions of the variance across samples.", ""]
+              f"(σ = {m['kmmd_sigma']:.3g}). MV: mean over feature dimensions of the variance across samples.", "",
+              few_shot_metrics_note(m), ""]
     grids = sorted((run_dir / "samples").glob("step_*.png"))
     if grids:
         lines += [f"## Samples (step {int(grids[-1].stem.split('_')[1])})", "",
@@ -273,7 +298,7 @@ def write_demo_report(out, results: dict, source_scores: dict, settings, seeds, 
     lines += ["KMMD: unbiased squared MMD, Gaussian kernel, bandwidth = median pairwise distance of the pooled "
               f"features (σ ≈ {source_metrics['kmmd_sigma']:.3g} for the source). MV: mean over feature dimensions of "
               "the variance across generated samples (the real 9s' MV is the reference, higher is not better by "
-              "itself).", "",
+              "itself).", "", few_shot_metrics_note(source_metrics, "for the source"), "",
               "### The paper's orderings (FID, lower is better)", ""]
     if quick:
         lines += ["Not judged in a `--quick` run.", ""]
