@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from . import distributed
-from .apps.demo import DEMO_METHODS, run_demo
+from .apps.demo import DEMO_METHODS, ROWS, TOOLKIT_ROWS, run_demo
 from .apps.demo_multi import DIGITS, run_demo_multi
 from .apps.presets import COMMAND_DEFAULTS
 from .apps.report import write_run_report
@@ -167,7 +167,8 @@ def _demo(args):
                        digits=tuple(args.digits or DIGITS), baselines=not args.pi_only)
     else:
         run_demo(out=args.out, quick=args.quick, seed=args.seed, seeds=args.seeds, steps=args.steps,
-                 methods=args.methods or DEMO_METHODS, threads=args.threads, jobs=args.jobs)
+                 methods=args.methods or (DEMO_METHODS + TOOLKIT_ROWS if args.toolkit else DEMO_METHODS),
+                 threads=args.threads, jobs=args.jobs)
 
 
 def _plugins() -> dict:
@@ -218,7 +219,10 @@ def build_parser(plugins=()) -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/demo")
     p.add_argument("--seed", type=int, default=0, help="first seed")
     p.add_argument("--seeds", type=_positive, default=1, help="number of seeds (3 gives mean ± std)")
-    p.add_argument("--methods", nargs="+", default=None, help="subset of methods to run")
+    p.add_argument("--methods", nargs="+", default=None, choices=list(ROWS), metavar="ROW",
+                   help=f"rows to run: {', '.join(ROWS)}")
+    p.add_argument("--toolkit", action="store_true",
+                   help="also the few-shot toolkit's rows: " + ", ".join(TOOLKIT_ROWS) + " (about twice as long)")
     p.add_argument("--steps", type=int, default=None, help="generator updates per method")
     p.add_argument("--threads", type=int, default=1, 
                    help="torch CPU threads per run (1 is fastest on a shared 2-core box)")

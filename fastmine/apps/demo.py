@@ -35,8 +35,24 @@ from .report import write_demo_report, write_run_report
 
 # the order of Table 1 (baselines first)
 DEMO_METHODS = ("scratch", "transfergan", "freezed", "minegan_noft", "minegan", "reprogram")
+# the few-shot toolkit's rows (`fastmine demo --toolkit`): a method plus an augmentation or a
+# regularizer, at the same budget. Changed from the papers to fit the demo: ADA's p may move by 1
+# in 20k real images (the paper's 500k would let it reach only ~0.2 in the demo's 96k); EWC's λ
+# is Li et al.'s 5e8 on a Fisher estimated from the WGAN critic's scores (theirs: the pretrained
+# logistic discriminator's); CDC's 333 is Ojha et al.'s 1000 over their batch of 4 (their code
+# averages the KL over the N−1 neighbours, ours over the samples only).
+TOOLKIT_ROWS = ("transfergan_diffaugment", "transfergan_ada", "ewc", "cdc", "minegan_diffaugment")
+ROWS = {**{m: (m, ()) for m in DEMO_METHODS},
+        "transfergan_diffaugment": ("transfergan", ("augment.kind=diffaugment",)),
+        "transfergan_ada": ("transfergan", ("augment.kind=ada", "augment.ada_images=20000")),
+        "ewc": ("transfergan", ("regularize.ewc=5e8",)),
+        "cdc": ("transfergan", ("regularize.cdc=333",)),
+        "minegan_diffaugment": ("minegan", ("augment.kind=diffaugment",))}
 LABELS = {"scratch": "from scratch", "transfergan": "TransferGAN", "freezed": "FreezeD",
-          "minegan_noft": "MineGAN w/o FT", "minegan": "MineGAN", "reprogram": "GAN reprogramming"}
+          "minegan_noft": "MineGAN w/o FT", "minegan": "MineGAN", "reprogram": "GAN reprogramming",
+          "transfergan_diffaugment": "TransferGAN + DiffAugment", "transfergan_ada": "TransferGAN + ADA",
+          "ewc": "EWC (TransferGAN + EWC)", "cdc": "CDC (TransferGAN + CDC)",
+          "minegan_diffaugment": "MineGAN + DiffAugment"}
 TARGET_CLASS = 9
 SOURCE_SEED = 0  # one fixed pretrained source; the seeds vary the adaptation runs
 
@@ -97,9 +113,9 @@ def run_demo(out="runs/demo", quick=False, seed=0, seeds=1, methods=DEMO_METHODS
     """
     if threads:
         torch.set_num_threads(int(threads))
-    unknown = [m for m in methods if m not in DEMO_METHODS]
+    unknown = [m for m in methods if m not in ROWS]
     if unknown:
-        raise ValueError(f"unknown demo method(s) {unknown}; choose from {', '.join(DEMO_METHODS)}")
+        raise ValueError(f"unknown demo method(s) {unknown}; choose from {', '.join(ROWS)}")
     s = QUICK if quick else FULL
     s = DemoSettings(**{**asdict(s), **({"steps": steps} if steps else {}),
                         **({"source_steps": source_steps} if source_steps else {})})
@@ -179,14 +195,16 @@ def _run_one(task: dict) -> dict:
     if task["threads"]:
         torch.set_num_threads(int(task["threads"]))
     s = DemoSettings(**task["settings"])
-    method, run_seed, out = task["method"], task["run_seed"], Path(task["out"])
-    run_dir = out / f"seed{run_seed}" / method
+    row, run_seed, out = task["method"], task["run_seed"], Path(task["out"])
+    method, row_overrides = ROWS[row]
+    run_dir = out / f"seed{run_seed}" / row
     if run_dir.exists():
         shutil.rmtree(run_dir)  # the demo re-runs from its cached source each time
     over = [f"source.generator={task['source']}", f"method={method}", f"seed={run_seed}",
-            f"out_dir={run_dir.parent}", f"name={method}", f"train.steps={s.steps}",
+            f"out_dir={run_dir.parent}", f"name={row}", f"train.steps={s.steps}",
             f"log.log_every={s.log_every}", f"log.sample_every={s.steps}",
-            f"log.checkpoint_every={s.steps}", "log.keep_checkpoints=1", "device=cpu", *task["overrides"]]
+            f"log.checkpoint_every={s.steps}", "log.keep_checkpoints=1", "device=cpu", *row_overrides,
+            *task["overrides"]]
     cfg = load_config(None, over, defaults=COMMAND_DEFAULTS[METHODS[method].commands[0]])
     t0 = time.perf_counter()
     callback = fid_callback(target_data(), every=s.eval_every, n=s.eval_n, target_class=TARGET_CLASS)
@@ -199,11 +217,11 @@ def _run_one(task: dict) -> dict:
     write_run_report(run_dir, {"metrics": metrics, "curve": curve, "method": method, "steps": s.steps,
                                "curve_source": "logged evaluations in metrics.jsonl", "target_class": TARGET_CLASS})
     if task["save_samples"]:
-        save_grid(result.sampler.sample(64, seed=0), out / f"samples_{method}.png")
-    print(f"[demo] seed {run_seed} {LABELS[method]:<18} FID {metrics['fid']:7.2f}  KID {metrics['kid']:.4g}  "
+        save_grid(result.sampler.sample(64, seed=0), out / f"samples_{row}.png")
+    print(f"[demo] seed {run_seed} {LABELS[row]:<18} FID {metrics['fid']:7.2f}  KID {metrics['kid']:.4g}  "
           f"precision {metrics['precision']:.2f}  recall {metrics['recall']:.2f}  "
           f"target share {metrics['target_share']:.2f}  ({train_s:.0f} s)", flush=True)
-    return {"method": method, "seed": run_seed, "metrics": metrics, "heldout": scores["heldout"], "curve": curve,
+    return {"method": row, "seed": run_seed, "metrics": metrics, "heldout": scores["heldout"], "curve": curve,
             "train_s": train_s, "config": cfg, "run_dir": run_dir}
 
 

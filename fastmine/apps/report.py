@@ -236,7 +236,10 @@ def versions_line():
 
 # the paper's claims (MineGAN++ Table 1 / §5) as (better, worse) pairs in FID
 PAPER_ORDERINGS = (("minegan", "transfergan"), ("minegan", "freezed"), ("transfergan", "scratch"),
-                   ("freezed", "scratch"), ("minegan_noft", "transfergan"), ("minegan", "minegan_noft"))
+                   ("freezed", "scratch"), ("minegan_noft", "transfergan"), ("minegan", "minegan_noft"),
+                   # what the toolkit's papers claim: each addition improves the method it joins
+                   ("transfergan_diffaugment", "transfergan"), ("transfergan_ada", "transfergan"),
+                   ("ewc", "transfergan"), ("cdc", "transfergan"), ("minegan_diffaugment", "minegan"))
 
 
 def orderings(results: dict, labels: dict, key="fid") -> list[str]:
@@ -326,13 +329,18 @@ def write_demo_report(out, results: dict, source_scores: dict, settings, seeds, 
                   "Each row: 8 samples along the straight line between two seeds u_a and u_b of the miner's "
                   f"`{mined['seed_dist']}` seed distribution, decoded in eval mode.", ""]
     lines += ["## Settings", "", "| method | lr (sampler / critic) | betas | n_critic | batch | λ_GP | mine steps | "
-              "seed dist | miner init |", "|---|---|---|---|---|---|---|---|---|"]
+              "seed dist | miner init | augment | regularize |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for m, rs in results.items():
         c = rs[0]["config"]
         t = c.train
-        miner = f"{c.miner.seed_dist} | {c.miner.init}" if METHODS[m].uses_miner else "– | –"
+        miner = f"{c.miner.seed_dist} | {c.miner.init}" if METHODS[c.method].uses_miner else "– | –"
+        augment = c.augment.kind
+        if augment == "ada":
+            augment += f" (p moves by 1 in {c.augment.ada_images:,} images)"
+        regularize = ", ".join(f"{k} λ={getattr(c.regularize, k):g}" for k in ("ewc", "cdc")
+                               if getattr(c.regularize, k)) or "–"
         lines.append(f"| {labels[m]} | {t.lr:g} / {t.critic_lr:g} | {tuple(t.betas)} | {t.n_critic} | {t.batch_size} | "
-                     f"{c.loss.gp_weight:g} | {t.mine_steps} | {miner} |")
+                     f"{c.loss.gp_weight:g} | {t.mine_steps} | {miner} | {augment} | {regularize} |")
     if overrides:
         lines += ["", "Extra overrides: " + ", ".join(f"`{o}`" for o in overrides)]
     total = (f"Total wall time {timing['total_s'] / 60:.1f} min (source "
