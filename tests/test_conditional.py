@@ -1,8 +1,11 @@
 """Conditional mining (MineGAN++ §4.1): one seed, two heads M^z and M^c."""
+import json
+
 import pytest
 import torch
 
 import fastmine as fm
+from fastmine.cli import main as cli_main
 from fastmine.conditional import (
     FACTORY_BIGGAN,
     BigGANAdapterModule,
@@ -11,6 +14,7 @@ from fastmine.conditional import (
     load_biggan,
 )
 from fastmine.config import ModelConfig
+from fastmine.files import load_sampler
 from fastmine.miner import Miner
 from fastmine.samplers import Sampler
 
@@ -111,3 +115,21 @@ def test_biggan_adapter_gradients_reach_both_heads(tmp_path):
         BigGANAdapterModule(TINY_BIGGAN, truncation=1.5)
     with pytest.raises(FileNotFoundError):
         load_biggan(tmp_path / "missing.bin")
+
+
+def test_a_biggan_folder_is_a_source_for_the_command_line(tmp_path, capsys):
+    """A pytorch-pretrained-biggan folder (config.json + pytorch_model.bin) named as source.generator."""
+    pytest.importorskip("pytorch_pretrained_biggan")
+    torch.manual_seed(0)
+    module = BigGANAdapterModule(TINY_BIGGAN, truncation=0.5)
+    folder = tmp_path / "biggan-tiny"
+    folder.mkdir()
+    torch.save(module.model.state_dict(), folder / "pytorch_model.bin")
+    (folder / "config.json").write_text(json.dumps(TINY_BIGGAN))
+    torch.save(torch.rand(32, 3, 16, 16) * 2 - 1, tmp_path / "target.pt")
+    code = cli_main(["mine", f"source.generator={folder}", "data.dataset=tensor", f"data.path={tmp_path / 'target.pt'}",
+                 "train.steps=2", "train.batch_size=8", "log.progress=false", f"out_dir={tmp_path}", "name=b"])
+    assert code == 0, capsys.readouterr().err
+    sampler = load_sampler(tmp_path / "b" / "model.safetensors")
+    assert set(sampler.miner.heads) == {"z", "class_embedding"}  # M^z and M^c (MineGAN++ §4.1)
+    assert sampler.sample(2, seed=0).shape == (2, 3, 16, 16)

@@ -332,3 +332,17 @@ def test_noise_inputs_as_latents_mapping_and_synthesis_side_miners(tiny_stylegan
     assert set(result.sampler.miner.heads) == {"z", "noise_b4_conv1"}
     with pytest.raises(ValueError, match="has no noise inputs to mine"):
         StyleGANSource("stylegan3", fixture("stylegan3_t")[2]["init_kwargs"], noise=8)
+
+
+def test_a_conditional_stylegan2_mines_its_class_input_as_a_continuous_vector(tmp_path):
+    """MineGAN++ §4.1's M^c: the class input c is a latent with no prior, produced by a miner head."""
+    G, refs, meta = official_module(stylegan2.Generator, "stylegan2_ada_resnet_cond")
+    path = network_pickle(tmp_path / "cond.pkl", G)
+    adapter = fm.load_generator(path)
+    assert adapter.latent_spec["c"].shape == (3,) and adapter.latent_spec["c"].prior == "none"
+    with torch.no_grad():  # a continuous c between two one-hot classes is a valid input of the mapping
+        mid = adapter({"z": refs["z"][:1], "c": torch.tensor([[0.5, 0.5, 0.0]])})
+    assert torch.isfinite(mid).all()
+    target = torch.rand(32, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    result = fm.mine(path, target, steps=2, batch_size=8, log_every=1, progress=False)
+    assert set(result.sampler.miner.heads) == {"z", "c"}
