@@ -19,7 +19,15 @@ from torch._dynamo.utils import counters
 from fastmine.config import ConfigError
 from fastmine.losses import gradient_penalty
 from fastmine.nets import DCGANCritic
-from fastmine_benchmarks import bench_multi, common, step_configs, step_profile, step_replay, step_timing
+from fastmine_benchmarks import (
+    bench_multi,
+    bench_toolkit,
+    common,
+    step_configs,
+    step_profile,
+    step_replay,
+    step_timing,
+)
 from fastmine_benchmarks.reference import reference_gradient_penalty
 
 TINY = {"image_size": 16, "width": 8}
@@ -235,3 +243,12 @@ def test_every_stored_result_file_has_the_shared_layout():
         doc = json.loads(path.read_text())
         assert list(doc) == ["device", "versions", "date", "config", "results"], path.name
         assert doc["results"] and re.fullmatch(r"\d{4}-\d{2}-\d{2}", doc["date"]), path.name
+
+
+def test_bench_toolkit_times_each_augmentation_and_regularizer(tmp_path, one_thread):
+    bench_toolkit.main(["--calls", "1", "--reps", "1", "--image-size", "8", "--batch", "8",
+                        "--out", str(tmp_path / "t.json")])
+    rows = json.loads((tmp_path / "t.json").read_text())["results"]
+    assert [r["part"] for r in rows] == ["augment diffaugment", "augment ada p=0.5", "regularize ewc",
+                                         "regularize cdc"]
+    assert all(r["ms"] > 0 and r["ratio"] == pytest.approx(r["ms"] / r["against_ms"]) for r in rows)
