@@ -76,10 +76,13 @@ TORCH_SAFE_GLOBALS = [
 
 
 def _one_line(e: Exception) -> str:
-    lines = [s.strip() for s in str(e).splitlines() if s.strip()]
-    for s in lines:  # torch's weights_only failure puts the reason on its own line
-        if s.startswith("WeightsUnpickler error:"):
-            return s[len("WeightsUnpickler error:"):].strip()
+    text = str(e)
+    # torch's weights_only failure wraps the reason in advice to load the file with weights_only=False,
+    # which is wrong for a damaged file and unsafe for an untrusted one: keep the reason only
+    marker = "WeightsUnpickler error:"
+    if marker in text:
+        text = text.split(marker, 1)[1]
+    lines = [s.strip() for s in text.splitlines() if s.strip()]
     return lines[0] if lines else type(e).__name__
 
 
@@ -93,7 +96,8 @@ def _refused_global(path, name: str) -> ValueError:
     return ValueError(
         f"{str(path)} refers to {name}, which fastmine does not load: a checkpoint may hold only tensors and plain "
         "data (building anything else runs code from the file); save the weights alone with "
-        "torch.save(model.state_dict(), path) or as .safetensors")
+        "torch.save(model.state_dict(), path) or as .safetensors, or, if you trust the file, load it with "
+        "allow_pickle=True (source.allow_pickle=true), which runs its code")
 
 
 def _torch_load(path: Path):

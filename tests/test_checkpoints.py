@@ -260,7 +260,8 @@ def test_code_in_a_torch_checkpoint_is_refused(tmp_path):
     assert refusal(lambda: read_state_dict(tmp_path / "evil.pt")) == (
         f"{tmp_path / 'evil.pt'} refers to {os.system.__module__}.system, which fastmine does not load: a checkpoint "
         "may hold only tensors and plain data (building anything else runs code from the file); save the weights "
-        "alone with torch.save(model.state_dict(), path) or as .safetensors")
+        "alone with torch.save(model.state_dict(), path) or as .safetensors, or, if you trust the file, load it "
+        "with allow_pickle=True (source.allow_pickle=true), which runs its code")
     assert not marker.exists()
     torch.save(nn.Linear(2, 2), tmp_path / "module.pt")
     assert refusal(lambda: read_state_dict(tmp_path / "module.pt")).startswith(
