@@ -45,7 +45,7 @@ TOOLKIT_ROWS = ("transfergan_diffaugment", "transfergan_ada", "ewc", "cdc", "min
 ROWS = {**{m: (m, ()) for m in DEMO_METHODS},
         "transfergan_diffaugment": ("transfergan", ("augment.kind=diffaugment",)),
         "transfergan_ada": ("transfergan", ("augment.kind=ada", "augment.ada_images=20000")),
-        "ewc": ("transfergan", ("regularize.ewc=5e8",)),
+        "ewc": ("transfergan", ("regularize.ewc=50",)),
         "cdc": ("transfergan", ("regularize.cdc=333",)),
         "minegan_diffaugment": ("minegan", ("augment.kind=diffaugment",))}
 LABELS = {"scratch": "from scratch", "transfergan": "TransferGAN", "freezed": "FreezeD",
