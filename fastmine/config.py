@@ -501,6 +501,11 @@ def validate(cfg: RunConfig) -> RunConfig:
         bad = [p for p in cfg.augment.policy if p not in ("color", "translation", "cutout")]
         if bad:
             raise ConfigError(f"augment.policy: unknown {bad}; DiffAugment has color, translation, cutout")
+    if cfg.augment.kind == "ada" and loss.objective not in ("logistic", "hinge", "minimax"):
+        raise ConfigError(f"augment.kind=ada steers p by the sign of the critic's scores on real images, which "
+                          f"loss.objective={loss.objective} does not give a meaning (its scores have an arbitrary "
+                          "offset); use loss.objective=logistic (StyleGAN2-ADA's), hinge or minimax, or "
+                          "augment.kind=diffaugment")
     if not 0 <= cfg.augment.ada_p < 1 or not 0 < cfg.augment.ada_target < 1:
         raise ConfigError(f"augment.ada_p must be in [0, 1) and augment.ada_target in (0, 1), got "
                           f"{cfg.augment.ada_p} and {cfg.augment.ada_target}")

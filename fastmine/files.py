@@ -251,6 +251,10 @@ def load_generator(source, latent_spec=None, arch=None, call=None, allow_pickle=
     """
     options = {k: v for k, v in dict(latent=latent, truncation_psi=truncation_psi, truncation_cutoff=truncation_cutoff,
                                      noise_mode=noise_mode, noise=noise).items() if v is not None}
+    if isinstance(source, (str, Path)) and Path(source).is_dir():
+        raise ValueError(f"{str(source)!r} is a folder: a pytorch-pretrained-biggan folder (config.json + "
+                         "pytorch_model.bin) loads with fastmine.conditional.load_biggan(folder) or as "
+                         "source.generator=FOLDER; otherwise name the checkpoint file in it")
     if isinstance(source, nn.Module):
         module, build = source, None
     elif isinstance(source, str) and FACTORY_SPEC.match(source) and not Path(source).exists():

@@ -347,3 +347,9 @@ def test_a_conditional_stylegan2_mines_its_class_input_as_a_continuous_vector(tm
     target = torch.rand(32, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
     result = fm.mine(path, target, steps=2, batch_size=8, log_every=1, progress=False)
     assert set(result.sampler.miner.heads) == {"z", "c"}
+
+
+def test_a_folder_is_refused_with_where_a_biggan_folder_loads(tmp_path):
+    with pytest.raises(ValueError, match="is a folder: a pytorch-pretrained-biggan folder .config.json \\+ "
+                                         "pytorch_model.bin. loads with fastmine.conditional.load_biggan"):
+        fm.load_generator(tmp_path)

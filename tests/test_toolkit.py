@@ -39,7 +39,8 @@ class Spy(torch.nn.Module):
 
 @pytest.mark.parametrize("kind", ["none", "diffaugment", "ada"])
 def test_the_critic_sees_augmented_real_and_fake_images(kind, one_thread):
-    run = _prepare(augment_cfg={"kind": kind, "ada_p": 0.9}, steps=1, n_critic=1, log_every=1)
+    loss = {"objective": "logistic"} if kind == "ada" else {}
+    run = _prepare(augment_cfg={"kind": kind, "ada_p": 0.9}, loss_cfg=loss, steps=1, n_critic=1, log_every=1)
     trainer = run.trainer
     spy = Spy(trainer.critic)
     trainer._critic_fwd = spy
@@ -55,7 +56,8 @@ def test_the_critic_sees_augmented_real_and_fake_images(kind, one_thread):
 
 def test_ada_p_moves_and_a_resumed_run_is_bit_exact(tmp_path, one_thread):
     ada = {"kind": "ada", "ada_interval": 2, "ada_images": 2000, "ada_target": 0.6, "ada_p": 0.5}
-    common = dict(augment_cfg=ada, log_every=2, checkpoint_every=2, sample_every=1000)
+    common = dict(augment_cfg=ada, loss_cfg={"objective": "logistic", "r1_every": 4}, log_every=2, checkpoint_every=2,
+                  sample_every=1000)
     full = _prepare(steps=8, run_dir=tmp_path / "full", **common).fit()
     rows = [json.loads(line) for line in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()]
     assert all("ada_p" in r for r in rows)
@@ -87,3 +89,9 @@ def test_regularizers_join_the_sampler_loss_when_the_generator_trains(reg, tmp_p
     # mining first (the generator frozen: no term), then the term joins the sampler's loss every step
     assert len(terms) == 2 and all(t.requires_grad for t in terms)
     assert [r["regularize"] for r in rows] == pytest.approx([0.0, 0.0] + [t.item() for t in terms], abs=1e-12)
+
+
+def test_ada_needs_an_objective_whose_scores_have_a_sign():
+    with pytest.raises(fm.ConfigError, match="augment.kind=ada steers p by the sign of the critic's scores on real "
+                                             "images, which loss.objective=wgan_gp does not give a meaning"):
+        _prepare(augment_cfg={"kind": "ada"})
