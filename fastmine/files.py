@@ -283,6 +283,9 @@ def load_generator(source, latent_spec=None, arch=None, call=None, allow_pickle=
             build = {"arch": module.arch()}
         else:
             module, build = _module_for(arch, factory_kwargs, weights.state, source, weights.where)
+    if options and not isinstance(module, StyleGANSource):
+        raise ValueError(f"{', '.join(options)} choose how a StyleGAN2/3 source is mined; {str(source)!r} builds a "
+                         f"{type(module).__name__}: leave source.latent, truncation and noise settings unset for it")
     latent_spec = latent_spec or getattr(module, "latent_spec", None)
     if latent_spec is None and hasattr(module, "latent_dim"):
         latent_spec = LatentSpec.single(module.latent_dim)

@@ -353,3 +353,12 @@ def test_a_folder_is_refused_with_where_a_biggan_folder_loads(tmp_path):
     with pytest.raises(ValueError, match="is a folder: a pytorch-pretrained-biggan folder .config.json \\+ "
                                          "pytorch_model.bin. loads with fastmine.conditional.load_biggan"):
         fm.load_generator(tmp_path)
+
+
+def test_stylegan_settings_on_another_generator_are_refused(tmp_path):
+    arch = {"type": "dcgan", "latent_dim": 8, "image_size": 8, "channels": 1, "width": 8}
+    path = tmp_path / "g.pt"
+    torch.save(build_generator(arch).state_dict(), path)
+    with pytest.raises(ValueError, match="latent, truncation_psi choose how a StyleGAN2/3 source is mined; .* builds "
+                                         "a DCGANGenerator"):
+        fm.load_generator(path, arch=arch, latent_spec={"z": ((8,), "normal")}, latent="w+", truncation_psi=0.7)
