@@ -78,9 +78,10 @@ class Augment(nn.Module):
     def observe(self, real_scores: torch.Tensor) -> None:
         """Take note of the critic's scores on (augmented) real images of one critic step."""
 
-    def adjust(self, batch_size: int, all_reduce=None) -> float | None:
+    def adjust(self, batch_size: int, all_reduce=None) -> torch.Tensor | None:
         """Called once per critic step with the step's real images over all processes (and an
-        in-place sum over processes when there are several); returns the new p when it changed."""
+        in-place sum over processes when there are several); returns the new p (a 0-dim tensor) when
+        it changed."""
         return None
 
     def stats(self) -> dict:
@@ -321,7 +322,7 @@ def recolor(x, m):
 
 
 def _resync_steps(module, incompatible_keys):
-    module._steps = int(module.ada_acc[3])
+    module._steps, module._observed = int(module.ada_acc[3]), int(module.ada_acc[1])
 
 
 class ADA(Augment):
@@ -360,6 +361,7 @@ class ADA(Augment):
         # the interval's step count on the host too: reading the buffer every critic step would
         # wait for the device
         self._steps = 0
+        self._observed = 0  # scores observed this interval, on the host for the same reason
         self.register_load_state_dict_post_hook(_resync_steps)
 
     def augment(self, x, generator):
@@ -378,32 +380,34 @@ class ADA(Augment):
     def observe(self, real_scores):
         self.ada_acc[0] += torch.sign(real_scores.detach()).sum().to(self.ada_acc)
         self.ada_acc[1] += real_scores.numel()
+        self._observed += real_scores.numel()
 
     @torch.no_grad()
     def adjust(self, batch_size, all_reduce=None):
         """``batch_size``: the real images of this critic step (over all processes). Every
         ``interval`` calls, p moves by ±(images of the interval) / ``images``; returns the new p.
         ``all_reduce`` (in-place sum over processes of a tensor) makes r_t the mean over all
-        processes, so every process keeps the same p."""
+        processes, so every process keeps the same p. The new p comes back as a 0-dim tensor on
+        p's device: a training step that ignores it never waits for the device."""
         self.ada_acc[2] += batch_size
         self.ada_acc[3] += 1
         self._steps += 1
         if self._steps < self.interval:
             return None
+        if self._observed == 0:
+            raise ValueError("ADA adjusts p from the critic's real scores: call observe(real_scores) "
+                             "in the critic steps before adjust()")
         signs = self.ada_acc[:2].clone()
         if all_reduce is not None:
             all_reduce(signs)
-        if signs[1] == 0:
-            raise ValueError("ADA adjusts p from the critic's real scores: call observe(real_scores) "
-                             "in the critic steps before adjust()")
         rt = signs[0] / signs[1]
         step = torch.sign(rt - self.target) * self.ada_acc[2] / self.images
         self.p.copy_(torch.clamp(self.p + step, 0, 1))
         self.ada_rt[0] = rt
         self.ada_rt[1] += 1
         self.ada_acc.zero_()
-        self._steps = 0
-        return float(self.p)
+        self._steps = self._observed = 0
+        return self.p.clone()
 
     def stats(self):
         """{"ada_p": p, "ada_rt": the last r_t} (r_t once p has been adjusted)."""

@@ -143,9 +143,7 @@ class StyleGANSource(nn.Module):
         if self.latent == "w":
             ws = ws.unsqueeze(1).expand(-1, g.num_ws, -1)
         if self.truncation_psi != 1:
-            cut = g.num_ws if self.truncation_cutoff is None else self.truncation_cutoff
-            w_avg = g.mapping.w_avg
-            ws = torch.cat([w_avg.lerp(ws[:, :cut], self.truncation_psi), ws[:, cut:]], dim=1)
+            ws = stylegan2.truncate(ws, g.mapping.w_avg, self.truncation_psi, self.truncation_cutoff)
         return ws
 
     def forward(self, *args, **latents):

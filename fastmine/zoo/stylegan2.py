@@ -177,6 +177,14 @@ class Conv2dLayer(_ActivatedConv):
                 f"up={self.up}, down={self.down}")
 
 
+def truncate(ws, w_avg, psi, cutoff=None):
+    """The truncation trick: ws pulled toward ``w_avg`` by ``psi``, in the first ``cutoff`` layers only
+    when given (ws [N, num_ws, w_dim]; with no cutoff any shape)."""
+    if cutoff is None:
+        return w_avg.lerp(ws, psi)
+    return torch.cat([w_avg.lerp(ws[:, :cutoff], psi), ws[:, cutoff:]], dim=1)
+
+
 class MappingNetwork(nn.Module):
     """z (and an embedded class label c) -> w through an MLP, broadcast to num_ws copies; truncation
     pulls w toward the tracked average w_avg (psi = 0 gives w_avg, psi = 1 leaves w)."""
@@ -235,11 +243,7 @@ class MappingNetwork(nn.Module):
         if truncation_psi != 1:
             if not hasattr(self, "w_avg"):
                 raise ValueError("truncation needs w_avg: this mapping does not track it (num_ws or w_avg_beta None)")
-            w_avg = self.w_avg.to(x.dtype)
-            if self.num_ws is None or truncation_cutoff is None:
-                x = w_avg.lerp(x, truncation_psi)
-            else:
-                x = torch.cat([w_avg.lerp(x[:, :truncation_cutoff], truncation_psi), x[:, truncation_cutoff:]], dim=1)
+            x = truncate(x, self.w_avg.to(x.dtype), truncation_psi, None if self.num_ws is None else truncation_cutoff)
         return x
 
     def extra_repr(self):
