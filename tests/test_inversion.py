@@ -9,7 +9,7 @@ from safetensors.torch import load_file
 
 import fastmine as fm
 from fastmine.cli import main
-from fastmine.inversion import fit_miner
+from fastmine.inversion import covariance_distance, fit_miner
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -82,3 +82,17 @@ def test_cli_invert_writes_latents_and_a_grid(digits_source, tmp_path, capsys):
         assert im.size[0] > im.size[1] > 0  # 16 per row: targets above their reconstructions
     assert "inverted 20 images: pixel MSE" in capsys.readouterr().out
     assert main(["invert", str(digits_source), "--out", str(out)]) == 2  # never overwrites
+
+
+def test_covariance_distance_equals_the_frobenius_norm_of_the_covariance_difference():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(37, 23, generator=g, dtype=torch.float64) * 2 + 1
+    y = torch.randn(11, 23, generator=g, dtype=torch.float64) @ torch.randn(23, 23, generator=g, dtype=torch.float64)
+    x, y = x - x.mean(0), y - y.mean(0)
+    direct = (torch.cov(x.T) - torch.cov(y.T)).pow(2).sum()
+    torch.testing.assert_close(covariance_distance(x, y), direct, rtol=1e-12, atol=0)
+    xg = x.clone().requires_grad_(True)
+    (gram,) = torch.autograd.grad(covariance_distance(xg, y), xg)
+    xd = x.clone().requires_grad_(True)
+    (ref,) = torch.autograd.grad((torch.cov(xd.T) - torch.cov(y.T)).pow(2).sum(), xd)
+    torch.testing.assert_close(gram, ref, rtol=1e-10, atol=1e-12)
