@@ -25,6 +25,7 @@ always used.
 """
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import os
@@ -39,6 +40,7 @@ from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import fully_shard
 from torch.distributed.tensor import DTensor
 
+from .files import Deferred
 from .samplers import GeneratorAdapter, Sampler
 
 SHARD_KINDS = ("none", "fsdp2", "zero3")
@@ -198,18 +200,35 @@ def is_sharded_param(p) -> bool:
     return isinstance(p, DTensor) or hasattr(p, "ds_tensor")
 
 
-def blocks_of(module: nn.Module):
-    """Units to shard one by one (each is gathered for its own forward, then freed): the
-    children of every ModuleList / Sequential, else the direct children holding parameters."""
+def blocks_of(module: nn.Module, parts: int = 8):
+    """Units to shard one by one (each is gathered whole for its own forward, then freed): the
+    children of every ModuleList / Sequential; without those, the module split recursively, a
+    child holding more than 1/``parts`` of the parameters split into its own children (a
+    StyleGAN: the mapping network, then each synthesis block, the largest ones per layer)."""
     out = []
     for m in module.modules():
         if isinstance(m, (nn.ModuleList, nn.Sequential)) and m is not module:
             for c in m.children():
                 if any(True for _ in c.parameters()) and not any(c is o or _is_ancestor(o, c) for o in out):
                     out.append(c)
-    if not out:
-        out = [c for c in module.children() if any(True for _ in c.parameters())]
+    if out:
+        return out
+    total = _numel(module)
+
+    def split(m):
+        for c in m.children():
+            n = _numel(c)
+            if n and n * parts > total and any(_numel(g) for g in c.children()):
+                split(c)
+            elif n:
+                out.append(c)
+
+    split(module)
     return out
+
+
+def _numel(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
 
 
 def _is_ancestor(a: nn.Module, b: nn.Module) -> bool:
@@ -224,9 +243,8 @@ def shard_generator(adapter, shard: str, device, ds_config: dict | None = None):
     """
     if shard == "none":
         return adapter
-    if any(p.requires_grad for p in adapter.module.parameters()) or not getattr(adapter, "frozen", True):
-        raise ValueError(f"dist.shard={shard} shards frozen generators only; this method trains the generator "
-                         "(use dist.shard=none, or a method that keeps it frozen such as minegan_noft / reprogram)")
+    check_shardable(shard, any(p.requires_grad for p in adapter.module.parameters())
+                    or not getattr(adapter, "frozen", True))
     if not is_initialized():
         raise ValueError(f"dist.shard={shard} needs a process group: launch with torchrun or accelerate launch "
                          "(launch/README.md)")
@@ -237,17 +255,30 @@ def shard_generator(adapter, shard: str, device, ds_config: dict | None = None):
         # backward through the sharded module; fastmine never does that (the gradient penalty
         # differentiates the critic, on detached fakes), and keeping it would hold the whole
         # generator unsharded after every sampler step.
-        dev = torch.device(device)
-        mesh = init_device_mesh(dev.type, (world_size(),))
-        for block in blocks_of(module):
-            fully_shard(block, mesh=mesh, reshard_after_forward=True)
-        fully_shard(module, mesh=mesh, reshard_after_forward=True)
+        fsdp2_shard(module, device)
     elif shard == "zero3":
-        _zero3_partition(adapter, device, ds_config)
+        zero3_initialize(adapter, ds_config, device)
     else:
         raise ValueError(f"unknown shard kind {shard!r}")
     module._fastmine_shard = shard
     return adapter
+
+
+def fsdp2_shard(module: nn.Module, device):
+    """``fully_shard`` each block of :func:`blocks_of`, then the root, over all ranks. Scalar
+    parameters (StyleGAN2's noise strengths), which FSDP2 cannot shard, stay replicated."""
+    mesh = init_device_mesh(torch.device(device).type, (world_size(),))
+    scalars = {p for p in module.parameters() if p.ndim == 0} or None
+    for block in blocks_of(module):
+        fully_shard(block, mesh=mesh, reshard_after_forward=True, ignored_params=scalars)
+    fully_shard(module, mesh=mesh, reshard_after_forward=True, ignored_params=scalars)
+    return module
+
+
+def check_shardable(shard: str, generator_trains: bool):
+    if generator_trains:
+        raise ValueError(f"dist.shard={shard} shards frozen generators only; this method trains the generator "
+                         "(use dist.shard=none, or a method that keeps it frozen such as minegan_noft / reprogram)")
 
 
 def read_ds_config(dist_cfg) -> dict | None:
@@ -259,13 +290,18 @@ def read_ds_config(dist_cfg) -> dict | None:
     return json.loads(Path(path).read_text())
 
 
-def _zero3_partition(adapter, device, ds_config):
+def import_deepspeed(device="cpu"):
+    """DeepSpeed, an optional extra (only reached under dist.shard=zero3), with its process group."""
     os.environ.setdefault("DS_ACCELERATOR", "cpu" if torch.device(device).type == "cpu" else "cuda")
     try:
         import deepspeed
     except ImportError as e:
         raise ImportError("dist.shard=zero3 needs DeepSpeed: pip install 'fastmine[deepspeed]'") from e
     deepspeed.init_distributed(dist_backend=torch.distributed.get_backend(), auto_mpi_discovery=False)
+    return deepspeed
+
+
+def zero3_config(ds_config: dict | None) -> dict:
     config = {
         "train_micro_batch_size_per_gpu": 1,
         "zero_optimization": {"stage": 3, "stage3_param_persistence_threshold": 0,
@@ -275,11 +311,17 @@ def _zero3_partition(adapter, device, ds_config):
     config.update(ds_config or {})
     if int(config.get("zero_optimization", {}).get("stage", 0)) != 3:
         raise ValueError("dist.shard=zero3 needs a DeepSpeed config with zero_optimization.stage 3")
-    # no optimizer: DeepSpeed partitions the (frozen) weights and installs the hooks that
-    # gather each submodule's weights for its forward and backward (ZeRO-Inference). Its
-    # post-backward release needs inputs that require grad (deepspeed#5524): the miner's
-    # output does in the sampler step; the critic step runs the generator without autograd.
-    engine, *_ = deepspeed.initialize(model=adapter.module, config=config)
+    return config
+
+
+def zero3_initialize(adapter, ds_config, device="cpu"):
+    """Hand the generator to DeepSpeed without an optimizer: it partitions the (frozen) weights,
+    unless ``deepspeed.zero.Init`` already did, and installs the hooks that gather each
+    submodule's weights for its forward and backward (ZeRO-Inference). Its post-backward
+    release needs inputs that require grad (deepspeed#5524): the miner's output does in the
+    sampler step; the critic step runs the generator without autograd."""
+    deepspeed = import_deepspeed(device)
+    engine, *_ = deepspeed.initialize(model=adapter.module, config=zero3_config(ds_config))
     adapter._fastmine_ds_engine = [engine]  # a list: not registered as a submodule
 
 
@@ -333,24 +375,32 @@ def load_checkpoint_state(root: nn.Module, state: dict, omitted_prefix: str | No
         raise ValueError(f"checkpoint does not fit the model: missing {bad[:5]}, unexpected {list(unexpected)[:5]}")
 
 
-def full_state_dict(module: nn.Module) -> dict:
-    """The whole module's weights as ordinary CPU tensors (a collective: call on every rank)."""
+def deferred_state(module: nn.Module) -> dict:
+    """``module.state_dict()`` with each sharded tensor as a :class:`fastmine.files.Deferred`:
+    gathered whole only when its turn comes to be written (a collective: every rank writes
+    the same file layout, rank 0 alone to disk), so exporting holds one tensor, not the model."""
     kind = sharded_kind(module)
+    state = module.state_dict()
     if kind == "fsdp2":
-        out = {}
-        for k, v in module.state_dict().items():
-            out[k] = (v.full_tensor() if hasattr(v, "full_tensor") else v).detach().cpu().clone()
-        return out
+        return {k: Deferred(v.dtype, tuple(v.shape), v.full_tensor) if isinstance(v, DTensor) else v
+                for k, v in state.items()}
     if kind == "zero3":
-        import deepspeed  # an optional extra, only reached under dist.shard=zero3
+        params = dict(module.named_parameters())
+        return {k: Deferred(params[k].dtype, tuple(params[k].ds_shape), lambda p=params[k]: _zero3_gathered(p))
+                if hasattr(params.get(k), "ds_tensor") else v for k, v in state.items()}
+    return state
 
-        with deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None):
-            return {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
-    return {k: v.detach().cpu() for k, v in module.state_dict().items()}
+
+@contextlib.contextmanager
+def _zero3_gathered(p):
+    """``p`` whole while the caller writes it (no copy: DeepSpeed frees the gathered buffer on exit)."""
+    deepspeed = import_deepspeed()
+    with deepspeed.zero.GatheredParameters([p], modifier_rank=None):
+        yield p.data
 
 
 class _FrozenState(nn.Module):
-    """Stands in for a sharded generator module when exporting: only its weights."""
+    """Stands in for a sharded generator module when exporting: only its (deferred) weights."""
 
     def __init__(self, state):
         super().__init__()
@@ -361,16 +411,17 @@ class _FrozenState(nn.Module):
 
 
 def exportable_sampler(sampler):
-    """A sampler whose generator weights are gathered whole, for :func:`fastmine.save_sampler`
-    (a collective when the generator is sharded: call on every rank, save on rank 0). Samplers
-    of several generators are never sharded (mining them shards nothing) and pass as they are."""
+    """A sampler for :func:`fastmine.files.save_sampler` whose sharded generator weights are
+    gathered one tensor at a time as the file is written (:func:`deferred_state`; every rank
+    saves, rank 0 with ``write=True``). Samplers of several generators are never sharded (mining
+    them shards nothing) and pass as they are."""
     if not isinstance(sampler, Sampler):
         return sampler
     adapter = sampler.generator
     if sharded_kind(adapter.module) == "none":
         return sampler
-    state = full_state_dict(adapter.module)
-    stand_in = GeneratorAdapter(_FrozenState(state), adapter.latent_spec.to_dict(), build=adapter.build, frozen=True)
+    stand_in = GeneratorAdapter(_FrozenState(deferred_state(adapter.module)), adapter.latent_spec.to_dict(),
+                                build=adapter.build, frozen=True)
     if sampler.miner is None:
         return Sampler(stand_in)
     return Sampler(stand_in, sampler.miner, seed_dim=sampler.seed_dim, seed_dist=sampler.seed_dist)

@@ -20,19 +20,20 @@ in them (an NVIDIA pickle, a rosinality checkpoint) are rebuilt from fastmine's 
 """
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import importlib
 import json
 import os
 import re
 import shutil
+import struct
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 from torch import nn
 
 from . import checkpoints
@@ -130,6 +131,67 @@ def read_file(path, allow_pickle=False):
     return checkpoints.state_dict_in(obj, path)[0], None
 
 
+class LazyTensors:
+    """The tensors of a safetensors file under ``prefix.``, read on demand, whole or a range of
+    rows, straight from the file into a new tensor (plain reads at the offsets its header gives,
+    no memory map): each rank of a sharded run reads just what it owns, and a process holds no
+    more of the file than the tensor it is reading. A context manager."""
+
+    def __init__(self, path, prefix: str = ""):
+        self.path, self.prefix = Path(path), f"{prefix}." if prefix else ""
+        self._file = open(self.path, "rb")
+        try:
+            size = self.path.stat().st_size
+            n = struct.unpack("<Q", self._file.read(8))[0]
+            if n > size - 8:
+                raise ValueError(f"a header of {n} bytes in a file of {size}")
+            header = json.loads(self._file.read(n))
+            self._start = 8 + n
+            self._entries = {k: v for k, v in header.items() if k != "__metadata__"}
+            for k, v in self._entries.items():
+                if v["data_offsets"][1] > size - self._start:
+                    raise ValueError(f"tensor {k!r} ends past the end of the file")
+        except Exception as e:
+            self._file.close()
+            raise ValueError(f"checkpoint {str(self.path)!r} is not a readable safetensors file ({e}); "
+                             "it may be truncated or corrupt: re-export or pick an earlier checkpoint") from e
+        k = len(self.prefix)
+        self.names = [name[k:] for name in self._entries if name.startswith(self.prefix)]
+
+    def _entry(self, name):
+        entry = self._entries[self.prefix + name]
+        return _DTYPES_BY_NAME[entry["dtype"]], tuple(entry["shape"]), entry["data_offsets"][0]
+
+    def shape(self, name) -> tuple:
+        return self._entry(name)[1]
+
+    def get(self, name) -> torch.Tensor:
+        shape = self.shape(name)
+        return self.rows(name, 0, shape[0]) if shape else self.rows(name, 0, 1).reshape(())
+
+    def rows(self, name, start: int, stop: int) -> torch.Tensor:
+        """Rows ``start:stop`` of tensor ``name`` (a 0-d tensor has one row)."""
+        dtype, shape, offset = self._entry(name)
+        inner = shape[1:] if shape else ()
+        out = torch.empty((stop - start, *inner), dtype=dtype)
+        row = out[0].numel() * dtype.itemsize if len(out) else 0
+        self._file.seek(self._start + offset + start * row)
+        got = self._file.readinto(memoryview(out.reshape(-1).view(torch.uint8).numpy()))
+        if got != out.numel() * dtype.itemsize:
+            raise ValueError(f"checkpoint {str(self.path)!r} ends inside tensor {self.prefix + name!r}: it is "
+                             "truncated; re-export it")
+        return out
+
+    def close(self):
+        self._file.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
 def read_info(path) -> dict | None:
     """The fastmine metadata of a safetensors file, read from its header only (no tensors)."""
     path = Path(path)
@@ -223,6 +285,22 @@ def part(tensors, prefix):
     return {k[n:]: v for k, v in tensors.items() if k.startswith(prefix + ".")}
 
 
+def load_state_lazily(module: nn.Module, path, prefix: str):
+    """Fill ``module``'s weights from the ``prefix.`` tensors of a safetensors file, one tensor at a
+    time (:class:`LazyTensors`): loading holds the module plus one tensor, not a second model."""
+    with LazyTensors(path, prefix) as reader:
+        state = module.state_dict()  # tensors sharing the module's storage
+        missing, unexpected = sorted(set(state) - set(reader.names)), sorted(set(reader.names) - set(state))
+        wrong = [f"{k}: {reader.shape(k)} in the file, {tuple(state[k].shape)} here" for k in state
+                 if k in reader.names and reader.shape(k) != tuple(state[k].shape)]
+        if missing or unexpected or wrong:
+            raise ValueError(f"the {prefix} weights in {str(path)!r} do not fit the architecture: missing "
+                             f"{missing[:5]}, unexpected {unexpected[:5]}, shapes {wrong[:3]}")
+        with torch.no_grad():
+            for k, v in state.items():
+                v.copy_(reader.get(k))
+
+
 def load_state(module, state, what, path):
     try:
         module.load_state_dict(state)
@@ -260,18 +338,18 @@ def load_generator(source, latent_spec=None, arch=None, call=None, allow_pickle=
     elif isinstance(source, str) and FACTORY_SPEC.match(source) and not Path(source).exists():
         build = {"factory": register_factory(source), "kwargs": factory_kwargs}
         module = build_module(build, "generator")
+    elif "generator" in (read_info(source) or {}):  # a fastmine file: read tensor by tensor into the module
+        g = read_info(source)["generator"]
+        build = g["build"]
+        if options and "family" in build.get("arch", {}):  # a StyleGAN source mined in another space
+            build = {"arch": {**build["arch"], **options}}
+        module = build_module(build, "generator", source, trust_code)
+        load_state_lazily(module, source, "generator")
+        latent_spec = latent_spec or (None if build is not g["build"] else g["latent_spec"])
     elif read_info(source) is not None or (allow_pickle and Path(source).suffix != ".safetensors"):
         tensors, info = read_file(source, allow_pickle=allow_pickle)
         if isinstance(tensors, nn.Module):
             module, build = tensors, None
-        elif info is not None and "generator" in info:
-            g = info["generator"]
-            build = g["build"]
-            if options and "family" in build.get("arch", {}):  # a StyleGAN source mined in another space
-                build = {"arch": {**build["arch"], **options}}
-            module = build_module(build, "generator", source, trust_code)
-            load_state(module, part(tensors, "generator"), "generator", source)
-            latent_spec = latent_spec or (None if build is not g["build"] else g["latent_spec"])
         else:
             module, build = _module_for(arch, factory_kwargs, part(tensors, "generator") or tensors, source)
     else:
@@ -286,14 +364,19 @@ def load_generator(source, latent_spec=None, arch=None, call=None, allow_pickle=
     if options and not isinstance(module, StyleGANSource):
         raise ValueError(f"{', '.join(options)} choose how a StyleGAN2/3 source is mined; {str(source)!r} builds a "
                          f"{type(module).__name__}: leave source.latent, truncation and noise settings unset for it")
-    latent_spec = latent_spec or getattr(module, "latent_spec", None)
-    if latent_spec is None and hasattr(module, "latent_dim"):
-        latent_spec = LatentSpec.single(module.latent_dim)
-    if latent_spec is None:
+    return GeneratorAdapter(module, latent_spec_of(module, latent_spec), call=call, build=build, frozen=frozen)
+
+
+def latent_spec_of(module: nn.Module, given=None):
+    """The latent spec given, else the one the module declares (``latent_spec`` / ``latent_dim``)."""
+    spec = given or getattr(module, "latent_spec", None)
+    if spec is None and hasattr(module, "latent_dim"):
+        spec = LatentSpec.single(module.latent_dim)
+    if spec is None:
         raise ValueError("declare the generator's latent spec: "
                          "load_generator(..., latent_spec={'z': ((128,), 'normal')}) "
                          "or source.latent_spec={z: {shape: [128], prior: normal}}")
-    return GeneratorAdapter(module, latent_spec, call=call, build=build, frozen=frozen)
+    return spec
 
 
 def _module_for(arch, factory_kwargs, state, source, where=None):
@@ -456,15 +539,77 @@ def _publish(tmp: Path, path: Path):
     os.replace(tmp, path)
 
 
-def atomic_save_safetensors(tensors: dict, path, metadata: dict | None = None):
-    """Write to a temporary name in the same folder, then rename: a kill leaves the old file."""
+# safetensors' dtype names, in the order of its dtype enum: a file lists its tensors by dtype,
+# this order descending, then by name (what safetensors.torch.save_file writes)
+SAFETENSORS_DTYPES = {torch.bool: "BOOL", torch.uint8: "U8", torch.int8: "I8", torch.float8_e5m2: "F8_E5M2",
+                      torch.float8_e4m3fn: "F8_E4M3", torch.int16: "I16", torch.uint16: "U16",
+                      torch.float16: "F16", torch.bfloat16: "BF16", torch.int32: "I32", torch.uint32: "U32",
+                      torch.float32: "F32", torch.float64: "F64", torch.int64: "I64", torch.uint64: "U64"}
+_DTYPE_RANK = {d: i for i, d in enumerate(SAFETENSORS_DTYPES)}
+_DTYPES_BY_NAME = {v: k for k, v in SAFETENSORS_DTYPES.items()}
+
+
+@dataclass
+class Deferred:
+    """A tensor to be written whose values are fetched only when its turn comes: a sharded
+    generator's weight gathered one tensor at a time. ``fetch()`` returns the tensor, or a
+    context manager yielding it for as long as it is being written (a gathered buffer freed on
+    exit, so it need not be copied). It may be a collective: every rank calls it, in the same
+    (file) order."""
+    dtype: torch.dtype
+    shape: tuple
+    fetch: object
+
+    def open(self):
+        got = self.fetch()
+        return got if hasattr(got, "__enter__") else contextlib.nullcontext(got)
+
+
+def _layout(v):
+    return (v.dtype, tuple(v.shape))
+
+
+def atomic_save_safetensors(tensors: dict, path, metadata: dict | None = None, write: bool = True):
+    """Write a safetensors file tensor by tensor (a temporary name, then a rename: a kill leaves
+    the old file). The bytes are those of ``safetensors.torch.save_file`` (test), but no more
+    than one tensor is held at a time: a :class:`Deferred` value is fetched when it is written.
+    ``write=False``: take part in the fetches (collectives) without writing (ranks other than 0)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp_name(path)
-    tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
-    metadata = {k: v if isinstance(v, str) else json.dumps(v) for k, v in (metadata or {}).items()}
-    save_file(tensors, str(tmp), metadata=metadata)
-    _publish(tmp, path)
+    layout = {k: _layout(v) for k, v in tensors.items()}
+    order = sorted(layout, key=lambda k: (-_DTYPE_RANK[layout[k][0]], k))
+    header, offset = {}, 0
+    if metadata:
+        header["__metadata__"] = {k: v if isinstance(v, str) else json.dumps(v) for k, v in metadata.items()}
+    for k in order:
+        dtype, shape = layout[k]
+        n = dtype.itemsize
+        for d in shape:
+            n *= d
+        header[k] = {"dtype": SAFETENSORS_DTYPES[dtype], "shape": list(shape), "data_offsets": [offset, offset + n]}
+        offset += n
+    head = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
+    head += b" " * (-len(head) % 8)  # the data starts 8-byte aligned
+    f = tmp = None
+    if write:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = _tmp_name(path)
+        f = open(tmp, "wb")
+    try:
+        if f is not None:
+            f.write(struct.pack("<Q", len(head)) + head)
+        for k in order:
+            v = tensors[k]
+            with v.open() if isinstance(v, Deferred) else contextlib.nullcontext(v) as t:
+                if f is not None:
+                    f.write(memoryview(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy()))
+    except BaseException:
+        if f is not None:
+            f.close()
+            tmp.unlink(missing_ok=True)
+        raise
+    if f is not None:
+        f.close()
+        _publish(tmp, path)
 
 
 def atomic_torch_save(obj, path):
@@ -545,19 +690,21 @@ def _prefixed(prefix, module):
     return {f"{prefix}.{k}": v for k, v in module.state_dict().items()}
 
 
-def save_sampler(path, sampler: Sampler, critic: nn.Module | None = None, critic_build: dict | None = None, extra=None):
+def save_sampler(path, sampler: Sampler, critic: nn.Module | None = None, critic_build: dict | None = None, extra=None,
+                 write: bool = True):
     """Any single-generator result as one file: generator, miner (if any) and, optionally, the
-    critic (so that a pretrained source or a mined result can be mined or finetuned further)."""
+    critic (so that a pretrained source or a mined result can be mined or finetuned further).
+    ``write=False``: only fetch what other ranks write (:func:`atomic_save_safetensors`)."""
     info = {"format": FORMAT_VERSION, "kind": "sampler", **(extra or {}), **_sampler_entry(sampler)}
     tensors = _prefixed("generator", sampler.generator.module)
     if sampler.miner is not None:
         tensors.update(_prefixed("miner", sampler.miner))
         info["miner"] = _miner_entry(sampler)
     _add_critic(tensors, info, critic, critic_build)
-    atomic_save_safetensors(tensors, path, {"fastmine": info})
+    atomic_save_safetensors(tensors, path, {"fastmine": info}, write=write)
 
 
-def save_multi_sampler(path, sampler: MultiSampler, critic=None, critic_build=None, extra=None):
+def save_multi_sampler(path, sampler: MultiSampler, critic=None, critic_build=None, extra=None, write=True):
     """One safetensors file: part{i}.generator.*, part{i}.miner.*, the selector window, JSON metadata."""
     parts, tensors = [], {}
     for i, s in enumerate(sampler.samplers):
@@ -569,14 +716,14 @@ def save_multi_sampler(path, sampler: MultiSampler, critic=None, critic_build=No
     info = {"format": FORMAT_VERSION, "kind": "multi_sampler", **(extra or {}), "rule": sampler.rule, "parts": parts,
             "selector_probs": [float(p) for p in sampler.selector_probs.tolist()]}
     _add_critic(tensors, info, critic, critic_build)
-    atomic_save_safetensors(tensors, path, {"fastmine": info})
+    atomic_save_safetensors(tensors, path, {"fastmine": info}, write=write)
 
 
-def save_any(path, sampler, critic=None, critic_build=None, extra=None):
+def save_any(path, sampler, critic=None, critic_build=None, extra=None, write=True):
     """The model file of any sampler a run trains (the fused one is a plain generator plus its regions)."""
     if isinstance(sampler, MultiSampler):
-        return save_multi_sampler(path, sampler, critic, critic_build, extra)
-    return save_sampler(path, sampler, critic, critic_build, extra)
+        return save_multi_sampler(path, sampler, critic, critic_build, extra, write)
+    return save_sampler(path, sampler, critic, critic_build, extra, write)
 
 
 def save_latents(path, inversion):

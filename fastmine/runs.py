@@ -18,7 +18,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from . import distributed
+from . import distributed, sharded
 from .conditional import FACTORY_DCGAN, LabelledSampler, conditional_dcgan, load_biggan
 from .config import ConfigError, RunConfig, dump_config, fill_defaults, load_config, reconcile_resume, validate
 from .data import describe, load_data, load_digits, load_image_folder, make_target
@@ -326,16 +326,16 @@ def model_writer(cfg: RunConfig, run_dir, sampler, critic=None, critic_build=Non
     without any distributed set-up (a sharded generator is gathered whole: every rank joins)."""
     def finish(trainer):
         if run_dir is not None:
-            export = distributed.exportable_sampler(sampler)
-            if trainer.is_main:
-                stored = critic
-                if critic is not None and critic_build is not None and cfg.loss.spectral_norm:
-                    stored = build_module(critic_build, "critic")  # W/σ(W) as plain weights
-                    stored.load_state_dict(folded_state_dict(critic))
-                save_any(run_dir / "model.safetensors", export, critic=stored, critic_build=critic_build,
-                         extra={"method": cfg.method, "steps": cfg.train.steps, **(extra or {})})
-                if after is not None:
-                    after(run_dir)
+            stored = critic
+            if critic is not None and critic_build is not None and cfg.loss.spectral_norm:
+                stored = build_module(critic_build, "critic")  # W/σ(W) as plain weights
+                stored.load_state_dict(folded_state_dict(critic))
+            # every rank takes part (a sharded generator is gathered one tensor at a time); rank 0 writes
+            save_any(run_dir / "model.safetensors", distributed.exportable_sampler(sampler), critic=stored,
+                     critic_build=critic_build, extra={"method": cfg.method, "steps": cfg.train.steps, **(extra or {})},
+                     write=trainer.is_main)
+            if trainer.is_main and after is not None:
+                after(run_dir)
         distributed.barrier()
     return finish
 
@@ -365,6 +365,7 @@ def build_single(cfg: RunConfig, method: Method, inputs: Inputs, ctx: Context) -
         finetune = cfg.method == "finetune"
         generator = load_sampler(src.generator, trust_code=src.trust_code) if finetune else src.generator
     critic = inputs.critic if inputs.critic is not None else src.critic
+    shard = distributed.resolve_shard(cfg.dist.shard, ctx.accelerator)
     source_file = generator if isinstance(generator, (str, Path)) and Path(generator).is_file() else None
     if critic is None and source_file is not None and has_critic(source_file) and not method.fresh_critic:
         critic = source_file  # the paper initialises the critic from the pretrained one
@@ -384,11 +385,15 @@ def build_single(cfg: RunConfig, method: Method, inputs: Inputs, ctx: Context) -
         elif isinstance(generator, GeneratorAdapter):
             adapter = generator
         else:
-            adapter = load_source(generator, cfg)
-            if inputs.generators is None:
-                # a generator named by the config is built before the run's seed takes effect, as it
-                # always was: the miner's initial weights stay those of earlier releases' runs
-                torch.manual_seed(cfg.seed)
+            if shard != "none" and sharded.wants_sharded_load(generator):
+                # built on the meta device and loaded shard by shard: never whole on a rank
+                distributed.check_shardable(shard, method.generator_trains == "always")
+                adapter = sharded.load_generator(generator, src, shard, device, distributed.read_ds_config(cfg.dist))
+            else:
+                adapter = load_source(generator, cfg)
+            # the run's seed again after building a generator read from a file: the miner's initial
+            # weights depend on the seed alone, not on how (or whether whole) the generator was built
+            torch.manual_seed(cfg.seed)
         adapter = adapter.to(device)
         if method.fresh_generator:
             reinitialize(adapter.module, cfg.seed)
@@ -399,8 +404,8 @@ def build_single(cfg: RunConfig, method: Method, inputs: Inputs, ctx: Context) -
             sampler = Sampler(adapter)
     adapter.freeze(method.generator_trains != "always")
     sampler = sampler.to(device)
-    shard = distributed.resolve_shard(cfg.dist.shard, ctx.accelerator)
-    if shard != "none":  # placement only: the frozen generator's weights are split over the ranks
+    if shard != "none" and distributed.sharded_kind(adapter.module) == "none":
+        # placement only: a generator given as a module is split over the ranks once built
         distributed.shard_generator(adapter, shard, device, ds_config=distributed.read_ds_config(cfg.dist))
     check_output_matches(sampler, example, device)
     inversion = None

@@ -35,15 +35,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def run_ranks(worker: str, args: dict, world: int = 2, timeout: float = 240):
-    """Start ``world`` processes of ``worker`` as torchrun would; return their outputs."""
+def run_ranks(worker: str, args: dict, world: int = 2, timeout: float = 240, script: Path = HERE):
+    """Start ``world`` processes of ``script``'s ``worker`` as torchrun would; return their outputs."""
     port = free_port()
     procs = []
     for r in range(world):
         env = dict(os.environ, RANK=str(r), LOCAL_RANK=str(r), WORLD_SIZE=str(world), LOCAL_WORLD_SIZE=str(world),
                    MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), OMP_NUM_THREADS="1", DS_ACCELERATOR="cpu",
                    TQDM_DISABLE="1")
-        procs.append(subprocess.Popen([sys.executable, str(HERE), worker, json.dumps(args)], env=env,
+        procs.append(subprocess.Popen([sys.executable, str(script), worker, json.dumps(args)], env=env,
                                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
     outs = []
     try:

@@ -102,7 +102,7 @@ LAYERS = {
     2: ("multi", "fusion", "inversion"),
     3: ("files", "checkpoints"),
     4: ("conditional",),
-    5: ("trainer", "distributed"),
+    5: ("trainer", "distributed", "sharded"),
     6: ("runs",),
     7: ("api", "evaluation", ""),
     8: ("apps", "cli"),

@@ -79,7 +79,8 @@ def setup_filter(f, device=torch.device("cpu"), normalize: bool = True, flip_fil
     """A float32 FIR filter from taps (list/array/tensor; None = identity): 1-D kept separable when
     long (>= 8 taps) or asked, otherwise the outer product; normalised to unit DC gain, optionally
     flipped, scaled so the whole 2-D filter has gain `gain`."""
-    f = torch.as_tensor(1 if f is None else f, dtype=torch.float32)
+    # built where asked even under a torch.device("meta") context: the taps are data, not a shape
+    f = torch.as_tensor(1 if f is None else f, dtype=torch.float32, device=device)
     if f.ndim > 2 or f.numel() == 0:
         raise ValueError(f"FIR taps must be a non-empty scalar, 1-D or 2-D array, got shape {tuple(f.shape)}")
     if f.ndim == 0:
@@ -95,8 +96,7 @@ def setup_filter(f, device=torch.device("cpu"), normalize: bool = True, flip_fil
     if flip_filter:
         f = f.flip(list(range(f.ndim)))
     # A separable filter is applied once per axis, so each pass carries the square root of the gain.
-    f = f * (gain ** (f.ndim / 2))
-    return f.to(device=device)
+    return f * (gain ** (f.ndim / 2))
 
 
 def upfirdn2d(x: torch.Tensor, f: Optional[torch.Tensor], up: IntPair = 1, down: IntPair = 1, padding: IntPair = 0,
