@@ -33,6 +33,7 @@ from .config import load_config
 from .data import load_data
 from .files import load_any, read_file
 from .metrics.features import get_feature_extractor
+from .metrics.lpips import extract_embedding, find_lpips
 from .metrics.scores import (
     KID_SUBSET_SIZE,
     KID_SUBSETS,
@@ -67,7 +68,7 @@ class Scorer:
     them (a fresh one per :meth:`score`, so a set of fakes always gets the same subsets)."""
 
     def __init__(self, real, extractor="digits", inception_weights=None, target_class=None, device="cpu",
-                 kid_subsets=KID_SUBSETS, seed=0):
+                 kid_subsets=KID_SUBSETS, seed=0, lpips="auto"):
         self.name = extractor if isinstance(extractor, str) else type(extractor).__name__
         if isinstance(extractor, str):
             extractor = get_feature_extractor(
@@ -81,6 +82,10 @@ class Scorer:
         self.real = torch.as_tensor(real).float()
         self.real_feats = extract(self.net, self.real, device=device)
         self._real_radii = None
+        # CDC's intra-cluster diversity on LPIPS when its weights are on disk ("auto"), or an
+        # LPIPS module given; None: on this scorer's features
+        self.lpips = find_lpips(device) if isinstance(lpips, str) and lpips == "auto" else lpips
+        self._real_lpips = None
 
     def score(self, fake: torch.Tensor, real_feats=None, extra=True) -> dict:
         """fid, kmmd, kmmd_sigma, mv, [target_share]; with ``extra`` also the few-shot metrics
@@ -96,6 +101,11 @@ class Scorer:
             out["target_share"] = target_share(logits, self.target_class)
         if extra:
             out.update(self.extra_scores(real_feats, feats))
+            if self.lpips is not None and real_feats is self.real_feats and fake.dim() == 4:
+                if self._real_lpips is None:
+                    self._real_lpips = extract_embedding(self.lpips, self.real, self.device)
+                out.update(intra_cluster_diversity(self._real_lpips, extract_embedding(self.lpips, fake, self.device),
+                                                   squared=True), intra_cluster_features="lpips-alex")
         return out
 
     def extra_scores(self, real_feats, fake_feats) -> dict:

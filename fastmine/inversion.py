@@ -5,12 +5,12 @@ Three ways (the inversion lecture notes, §"optimization / learning / hybrid"):
 - ``init="prior"`` — optimisation-based: latents start at draws from the generator's prior and
   Adam minimises, per image, ``pixel_weight · mean((G(z) − x)²) + feature_weight ·
   mean((F(G(z)) − F(x))²) + prior_weight · R(z)``. F is a feature network (the shipped
-  digits classifier's penultimate layer for 1-channel images; LPIPS/VGG would be the choice
-  for natural images, but their weights cannot be downloaded here, so none is used there
-  unless you pass one). R is the prior's negative log-density up to a constant: ½·mean(z²)
-  for a normal prior (it keeps z in the region the generator was trained on), the squared
-  distance outside [0, 1] for a uniform one; latents with prior "none" (a class embedding)
-  start at zero and are not regularised.
+  digits classifier's penultimate layer for 1-channel images; LPIPS (AlexNet) for 3-channel
+  images when its weights are on disk, :mod:`fastmine.metrics.lpips`, the term then being the
+  LPIPS distance itself; pixels only otherwise, or pass your own). R is the prior's negative
+  log-density up to a constant: ½·mean(z²) for a normal prior (it keeps z in the region the
+  generator was trained on), the squared distance outside [0, 1] for a uniform one; latents
+  with prior "none" (a class embedding) start at zero and are not regularised.
 - ``init="encoder"`` with ``steps=0`` — learning-based: a small encoder is trained on the
   generator's own samples (z from the prior, x = G(z), loss ‖E(x) − z‖²) and predicts z.
 - ``init="encoder"`` with ``steps>0`` — hybrid: the encoder's prediction starts the optimisation
@@ -39,6 +39,7 @@ from tqdm.auto import tqdm
 from .config import InvertConfig
 from .latent import LatentSpec, draw
 from .metrics.features import load_digits_feature_net
+from .metrics.lpips import find_lpips
 from .nets import DCGANCritic
 from .samplers import GeneratorAdapter
 
@@ -65,10 +66,18 @@ class Inversion:
 
 
 def default_features(images: torch.Tensor, device):
-    """The shipped digits net's features for 1-channel images; None otherwise (module docstring)."""
+    """The shipped digits net's features for 1-channel images; LPIPS for 3-channel ones when its
+    weights are on disk (:mod:`fastmine.metrics.lpips`), scaled so that the feature term's mean
+    over dimensions is the LPIPS distance itself; None otherwise (pixels only)."""
     if images.ndim == 4 and images.shape[1] == 1:
         net = load_digits_feature_net(device)
         return net.features
+    lpips = find_lpips(device) if images.ndim == 4 and images.shape[1] == 3 else None
+    if lpips is not None:
+        def features(x):
+            e = lpips.embed(x)
+            return e * e.shape[1] ** 0.5
+        return features
     return None
 
 

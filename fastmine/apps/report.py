@@ -58,13 +58,17 @@ def few_shot_metrics_note(m: dict, whose: str = "") -> str:
         subsets = (f"mean over {m['kid_subsets']} random subsets of {size} per set (std over subsets{whose} ± "
                    f"{m['kid_std']:.3g})")
     counted = f"{m['intra_cluster_clusters']:.3g} clusters counted{whose} (mean over draws)"
+    if m["intra_cluster_features"] == "lpips-alex":
+        distance = "LPIPS (AlexNet, its weights on disk), as CDC"
+    else:
+        distance = (f"Euclidean distances of the `{m['intra_cluster_features']}` features, not LPIPS (its weights "
+                    "are not on disk)")
     return ("KID: unbiased squared MMD with the cubic polynomial kernel (xᵀy/d + 1)³ (Bińkowski et al. 2018), "
             f"{subsets}. Precision / recall: share of generated samples inside the real set's k-NN manifold / of real "
             f"samples inside the generated set's, k = {PR_K} (Kynkäänniemi et al. 2019). Intra-cluster: each generated "
             "sample joins its nearest target image, mean pairwise distance within each cluster of at least 2 members, "
-            "averaged over those clusters (CDC, Ojha et al. 2021) — with Euclidean distances of the "
-            f"`{m['intra_cluster_features']}` features, not LPIPS; clusters of one sample are left out; {counted}. "
-            "All on the same features as FID.")
+            f"averaged over those clusters (CDC, Ojha et al. 2021) — with {distance}; clusters of one sample are left "
+            f"out; {counted}. The other scores are on the same features as FID.")
 
 
 def plot_curves(curves: dict[str, list[list[tuple[int, float]]]], path, ylabel="FID (digits features)",

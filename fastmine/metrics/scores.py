@@ -267,8 +267,9 @@ def precision_recall(real_feats, fake_feats, k: int = PR_K, real_radii=None) -> 
 
 
 # ----------------------------------------------------------------- intra-cluster diversity
-def intra_cluster_diversity(real_feats, fake_feats) -> dict:
-    """CDC's intra-cluster diversity on features (see module docstring).
+def intra_cluster_diversity(real_feats, fake_feats, squared: bool = False) -> dict:
+    """CDC's intra-cluster diversity on features (see module docstring); ``squared``: the
+    distance is the squared Euclidean one (LPIPS on its embedding, :mod:`fastmine.metrics.lpips`).
 
     Returns {"intra_cluster": mean over counted clusters of the mean pairwise distance (None
     when no cluster has 2 members), "intra_cluster_clusters": clusters counted (>= 2
@@ -289,7 +290,7 @@ def intra_cluster_diversity(real_feats, fake_feats) -> dict:
             sq = _sq_dists(members[i : i + _KERNEL_CHUNK], members)
             rows = torch.arange(len(sq))
             sq[rows, rows + i] = 0.0  # a member's distance to itself, exactly
-            total += float(sq.sqrt().sum())
+            total += float(sq.sum() if squared else sq.sqrt().sum())
         means.append(total / (n * (n - 1)))  # ordered pairs i != j: the mean over unordered pairs
     return {"intra_cluster": sum(means) / len(means) if means else None, "intra_cluster_clusters": len(means),
             "intra_cluster_singletons": singletons}
