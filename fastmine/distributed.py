@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import json
+import math
 import os
 import sys
 from pathlib import Path
@@ -377,26 +378,44 @@ def load_checkpoint_state(root: nn.Module, state: dict, omitted_prefix: str | No
 
 def deferred_state(module: nn.Module) -> dict:
     """``module.state_dict()`` with each sharded tensor as a :class:`fastmine.files.Deferred`:
-    gathered whole only when its turn comes to be written (a collective: every rank writes
-    the same file layout, rank 0 alone to disk), so exporting holds one tensor, not the model."""
+    sent to rank 0 part by part only when its turn comes to be written (a collective: every
+    rank writes the same file layout, rank 0 alone to disk), so exporting holds one other
+    rank's part of one tensor on rank 0 and nothing more than its shard on the others."""
     kind = sharded_kind(module)
     state = module.state_dict()
-    if kind == "fsdp2":
-        return {k: Deferred(v.dtype, tuple(v.shape), v.full_tensor) if isinstance(v, DTensor) else v
-                for k, v in state.items()}
-    if kind == "zero3":
+    if kind == "fsdp2":  # Shard(0): each rank's rows, ceil(n / W) of them but on the last ranks
+        return {k: Deferred(v.dtype, tuple(v.shape), lambda v=v: _gathered_on_rank0(
+                    v.to_local().reshape(-1), -(-v.shape[0] // world_size()) * math.prod(v.shape[1:]), v.shape))
+                if isinstance(v, DTensor) else v for k, v in state.items()}
+    if kind == "zero3":  # a flat partition of the same size on every rank (padded)
         params = dict(module.named_parameters())
-        return {k: Deferred(params[k].dtype, tuple(params[k].ds_shape), lambda p=params[k]: _zero3_gathered(p))
+        return {k: Deferred(params[k].dtype, tuple(params[k].ds_shape), lambda p=params[k]: _gathered_on_rank0(
+                    p.ds_tensor.data.reshape(-1), p.ds_tensor.numel(), p.ds_shape))
                 if hasattr(params.get(k), "ds_tensor") else v for k, v in state.items()}
     return state
 
 
 @contextlib.contextmanager
-def _zero3_gathered(p):
-    """``p`` whole while the caller writes it (no copy: DeepSpeed frees the gathered buffer on exit)."""
-    deepspeed = import_deepspeed()
-    with deepspeed.zero.GatheredParameters([p], modifier_rank=None):
-        yield p.data
+def _gathered_on_rank0(local: torch.Tensor, per: int, shape):
+    """Rank 0: the whole tensor of ``shape`` as its parts in order, every rank's flat part
+    (``per`` elements, the last ones possibly fewer, padding dropped): its own without a copy,
+    the others received one at a time into one buffer, for as long as the caller writes each.
+    Other ranks: send their part, yield nothing. No rank holds more than its part plus one other."""
+    total, world = math.prod(shape), world_size()
+    if rank() != 0:
+        send = local if local.numel() == per else torch.cat([local, local.new_zeros(per - local.numel())])
+        torch.distributed.send(send.contiguous(), dst=0)
+        yield []
+        return
+
+    def parts():
+        yield local[:min(per, total)]
+        buf = torch.empty(per, dtype=local.dtype, device=local.device)
+        for r in range(1, world):
+            torch.distributed.recv(buf, src=r)
+            yield buf[:max(0, min(per, total - r * per))]
+
+    yield parts()
 
 
 class _FrozenState(nn.Module):

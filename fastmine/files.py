@@ -553,9 +553,9 @@ _DTYPES_BY_NAME = {v: k for k, v in SAFETENSORS_DTYPES.items()}
 class Deferred:
     """A tensor to be written whose values are fetched only when its turn comes: a sharded
     generator's weight gathered one tensor at a time. ``fetch()`` returns the tensor, or a
-    context manager yielding it for as long as it is being written (a gathered buffer freed on
-    exit, so it need not be copied). It may be a collective: every rank calls it, in the same
-    (file) order."""
+    context manager yielding it, or its consecutive parts in order (flat, their bytes making the
+    tensor's), for as long as they are being written. It may be a collective: every rank calls
+    it, in the same (file) order."""
     dtype: torch.dtype
     shape: tuple
     fetch: object
@@ -600,8 +600,9 @@ def atomic_save_safetensors(tensors: dict, path, metadata: dict | None = None, w
         for k in order:
             v = tensors[k]
             with v.open() if isinstance(v, Deferred) else contextlib.nullcontext(v) as t:
-                if f is not None:
-                    f.write(memoryview(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy()))
+                for part in [t] if torch.is_tensor(t) else t:  # a tensor, or its consecutive parts
+                    if f is not None:
+                        f.write(memoryview(part.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy()))
     except BaseException:
         if f is not None:
             f.close()

@@ -21,6 +21,7 @@ from fastmine.losses import gradient_penalty
 from fastmine.nets import DCGANCritic
 from fastmine_benchmarks import (
     bench_multi,
+    bench_sharded,
     bench_toolkit,
     common,
     step_configs,
@@ -252,3 +253,18 @@ def test_bench_toolkit_times_each_augmentation_and_regularizer(tmp_path, one_thr
     assert [r["part"] for r in rows] == ["augment diffaugment", "augment ada p=0.5", "regularize ewc",
                                          "regularize cdc"]
     assert all(r["ms"] > 0 and r["ratio"] == pytest.approx(r["ms"] / r["against_ms"]) for r in rows)
+
+
+@pytest.mark.slow
+def test_bench_sharded_measures_every_phase_and_compares_the_exports(tmp_path):
+    bench_sharded.main(["--arch", "tiny", "--modes", "none", "fsdp2", "--steps", "3", "--workdir",
+                        str(tmp_path / "work"), "--out", str(tmp_path / "s.json")])
+    rows = json.loads((tmp_path / "s.json").read_text())["results"]
+    assert [(r["mode"], r["rank"]) for r in rows] == [("none", 0), ("fsdp2", 0), ("fsdp2", 1)]
+    for r in rows[1:]:
+        assert set(r["peak_rss_bytes"]) == set(bench_sharded.PHASES) and min(r["peak_rss_bytes"].values()) > 0
+        assert r["local_params"] * 2 == r["full_params"] == rows[0]["full_params"]
+        assert r["export_vs_first_mode"]["same_header"] and r["export_vs_first_mode"]["generator_identical"]
+        assert r["export_vs_first_mode"]["trained_max_abs_diff"] < 1e-5
+        assert r["last_metrics"]["loss_sampler"] == pytest.approx(rows[0]["last_metrics"]["loss_sampler"], rel=1e-4)
+    assert not (tmp_path / "work").exists()  # several GB at full size: removed unless --keep
