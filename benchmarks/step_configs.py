@@ -105,7 +105,8 @@ def builtin_config(spec, device, variant=()) -> RunConfig:
                          f"got {', '.join(outside)}")
     base = {"method": b.method, "device": device, "seed": 0,
             "model": {"latent_dim": LATENT, "width": size["width"]},
-            "train": {"batch_size": b.batch, "steps": 10**6}, "log": {"progress": False}}
+            "train": {"batch_size": b.batch, "steps": 10**6}, "log": {"progress": False},
+            "miner": {"init": "normal"}}  # what is timed is an update; the inversion start is set-up
     if b.processes > 1:
         world = distributed.launched_world_size()
         if world not in (1, b.processes):
@@ -174,6 +175,7 @@ def user_config(spec, device, variant=()) -> RunConfig:
     cfg.log.progress = False
     cfg.train.steps = max(cfg.train.steps, 10**6)
     cfg.train.mine_steps = 10**6  # minegan / minegan_pp: the mining phase throughout
+    cfg.miner.init = "normal"  # what is timed is an update; the inversion start is set-up
     return cfg
 
 

@@ -456,6 +456,9 @@ def build_multi(cfg: RunConfig, method: Method, inputs: Inputs, ctx: Context) ->
     if len(gens) < 2:
         raise ValueError("multi-generator mining needs two or more generators "
                          "(source.generators=[a.safetensors,b.safetensors], or fastmine.mine_multi([G1, G2], target))")
+    if cfg.miner.init == "inversion":
+        raise ValueError("miner.init=inversion inverts the target in one generator; several generators start "
+                         "from miner.init=normal (their default) or residual")
     miners = list(inputs.miners) if inputs.miners is not None else [None] * len(gens)
     if len(miners) != len(gens):
         raise ValueError(f"give one miner per generator: {len(gens)} generators, {len(miners)} miners")

@@ -80,7 +80,8 @@ def mine_run(run_dir, batch_size, steps=STEPS, accelerator=None, shard="none", r
     return fm.mine(adapter, target, model_cfg=ModelConfig(width=8), callbacks=callbacks, steps=steps,
                    batch_size=batch_size, n_critic=2, log_every=1, progress=False, sample_every=10_000,
                    checkpoint_every=checkpoint_every, device="cpu", seed=3, run_dir=run_dir, resume=resume,
-                   accelerator=accelerator, dist_cfg={"streams": 2, "shard": shard, "deepspeed_config": ds_config})
+                   accelerator=accelerator, dist_cfg={"streams": 2, "shard": shard, "deepspeed_config": ds_config},
+                   miner_cfg={"init": "normal"})  # no inversion: its 700 optimiser steps amplify thread-count noise
 
 
 def read_metrics(run_dir):

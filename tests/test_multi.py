@@ -238,3 +238,11 @@ def test_miner_module_setting_builds_every_miner(tmp_path):
     miners = [s.miner for s in result.sampler.samplers]
     assert all(isinstance(m, toy_models.ToyMiner) for m in miners) and miners[0] is not miners[1]
     assert result.sampler.seed_dim == 3
+
+
+def test_several_generators_refuse_the_inversion_start_instead_of_ignoring_it(tmp_path):
+    gens = [gauss_gen([0.0, 0.0]), gauss_gen([1.0, 1.0])]
+    with pytest.raises(ValueError, match="miner.init=inversion inverts the target in one generator"):
+        fm.mine_multi(gens, mixture(MEANS[:2], (0.5, 0.5), n=50), steps=1, batch_size=8, progress=False,
+                      device="cpu", miner_cfg={"init": "inversion"}, run_dir=tmp_path / "run")
+    assert not (tmp_path / "run").exists()  # refused before the run folder is made

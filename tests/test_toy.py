@@ -82,7 +82,7 @@ def test_reprogramming_uses_uniform_seeds_and_lee_defaults(tmp_path):
                           run_dir=tmp_path / "r")
     cfg = fm.load_config(tmp_path / "r" / "config.yaml")
     assert (cfg.loss.gp_weight, cfg.train.n_critic, cfg.train.batch_size, cfg.train.lr) == (1.0, 10, 32, 1e-4)
-    assert (cfg.miner.seed_dist, cfg.miner.init) == ("uniform", "residual")
+    assert (cfg.miner.seed_dist, cfg.miner.init) == ("uniform", "inversion")
     assert result.sampler.seed_dist == "uniform"
     u = result.sampler.draw_seeds(1000)
     assert u.min() >= 0 and u.max() <= 1
