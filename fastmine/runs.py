@@ -323,7 +323,7 @@ def open_run_dir(ctx: Context, config) -> Path | None:
 
 def model_writer(cfg: RunConfig, run_dir, sampler, critic=None, critic_build=None, extra=None, after=None):
     """``finish`` of a :class:`Run`: the trained sampler as one ordinary model file, loadable
-    without any distributed set-up (a sharded generator is gathered whole: every rank joins)."""
+    without any distributed set-up (a sharded generator reaches rank 0 part by part: every rank joins)."""
     def finish(trainer):
         if run_dir is not None:
             stored = critic

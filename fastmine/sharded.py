@@ -24,8 +24,9 @@ How each phase stays near P/W per rank (P the generator's bytes, W the ranks):
 
   Buffers (StyleGAN's ``w_avg``, filters, noise constants) are small and replicated: read whole.
   To shard a large pickle or checkpoint cheaply, ``fastmine convert`` it once.
-- **export**: :func:`fastmine.files.atomic_save_safetensors` gathers one tensor at a time
-  (:func:`deferred_state`) and rank 0 appends it to the file.
+- **export**: :func:`fastmine.files.atomic_save_safetensors` writes tensor by tensor; each rank
+  sends its part of a sharded tensor to rank 0 in turn, which appends it to the file
+  (:func:`fastmine.distributed.deferred_state`): rank 0 holds its shard plus one other part.
 
 What is sharded is each block of :func:`fastmine.distributed.blocks_of` (FSDP2 gathers one
 block for its forward, then frees it), so the largest block, gathered whole, bounds what
