@@ -142,7 +142,11 @@ def child(job):
 
 def compare_exports(reference: Path, other: Path) -> dict:
     """Whether ``other`` has ``reference``'s header and generator bytes; the trained parts' largest gap."""
-    head = lambda p: p.open("rb").read(8 + int.from_bytes(p.open("rb").read(8), "little"))
+    def head(path):  # the length, then the JSON header: names, shapes, offsets, metadata
+        with path.open("rb") as f:
+            n = f.read(8)
+            return n + f.read(int.from_bytes(n, "little"))
+
     out = {"same_header": head(reference) == head(other), "same_bytes": None, "generator_identical": True,
            "trained_max_abs_diff": 0.0}
     with safe_open(str(reference), "pt") as a, safe_open(str(other), "pt") as b:

@@ -376,23 +376,42 @@ def load_checkpoint_state(root: nn.Module, state: dict, omitted_prefix: str | No
         raise ValueError(f"checkpoint does not fit the model: missing {bad[:5]}, unexpected {list(unexpected)[:5]}")
 
 
+def shard_part(t) -> tuple | None:
+    """(this rank's part of a sharded tensor as a flat view, elements per rank), or None when
+    ``t`` is not sharded. Both back ends split a tensor into equal flat parts: FSDP2's Shard(0)
+    gives rank r rows r·⌈n/W⌉.. (torch.chunk's split; the local tensor has no padding), ZeRO-3 a
+    padded flat partition. Rank r's part covers :func:`part_range` of the flattened tensor."""
+    if isinstance(t, DTensor):
+        local = t.to_local()
+        return local.reshape(-1), -(-t.shape[0] // world_size()) * math.prod(t.shape[1:])
+    if hasattr(t, "ds_tensor"):
+        return t.ds_tensor.data.reshape(-1), t.ds_tensor.numel()
+    return None
+
+
+def part_range(total: int, per: int, rank_: int) -> tuple:
+    """The elements [start, stop) of a flat tensor of ``total`` elements that part ``rank_`` of
+    ``per`` elements holds (padding excluded: the last parts may be short or empty)."""
+    start = min(rank_ * per, total)
+    return start, min(start + per, total)
+
+
 def deferred_state(module: nn.Module) -> dict:
     """``module.state_dict()`` with each sharded tensor as a :class:`fastmine.files.Deferred`:
     sent to rank 0 part by part only when its turn comes to be written (a collective: every
     rank writes the same file layout, rank 0 alone to disk), so exporting holds one other
     rank's part of one tensor on rank 0 and nothing more than its shard on the others."""
-    kind = sharded_kind(module)
-    state = module.state_dict()
-    if kind == "fsdp2":  # Shard(0): each rank's rows, ceil(n / W) of them but on the last ranks
-        return {k: Deferred(v.dtype, tuple(v.shape), lambda v=v: _gathered_on_rank0(
-                    v.to_local().reshape(-1), -(-v.shape[0] // world_size()) * math.prod(v.shape[1:]), v.shape))
-                if isinstance(v, DTensor) else v for k, v in state.items()}
-    if kind == "zero3":  # a flat partition of the same size on every rank (padded)
-        params = dict(module.named_parameters())
-        return {k: Deferred(params[k].dtype, tuple(params[k].ds_shape), lambda p=params[k]: _gathered_on_rank0(
-                    p.ds_tensor.data.reshape(-1), p.ds_tensor.numel(), p.ds_shape))
-                if hasattr(params.get(k), "ds_tensor") else v for k, v in state.items()}
-    return state
+    if sharded_kind(module) == "none":
+        return module.state_dict()
+    params = dict(module.named_parameters())
+    out = {}
+    for k, v in module.state_dict().items():
+        p = params.get(k, v)  # ZeRO-3's state dict holds placeholders: its parameters know the shape
+        part = shard_part(p)
+        shape = tuple(getattr(p, "ds_shape", p.shape))
+        out[k] = v if part is None else Deferred(p.dtype, shape, lambda part=part, shape=shape: _gathered_on_rank0(
+            *part, shape))
+    return out
 
 
 @contextlib.contextmanager
@@ -403,8 +422,7 @@ def _gathered_on_rank0(local: torch.Tensor, per: int, shape):
     Other ranks: send their part, yield nothing. No rank holds more than its part plus one other."""
     total, world = math.prod(shape), world_size()
     if rank() != 0:
-        send = local if local.numel() == per else torch.cat([local, local.new_zeros(per - local.numel())])
-        torch.distributed.send(send.contiguous(), dst=0)
+        torch.distributed.send(padded_part(local, per), dst=0)
         yield []
         return
 
@@ -413,9 +431,15 @@ def _gathered_on_rank0(local: torch.Tensor, per: int, shape):
         buf = torch.empty(per, dtype=local.dtype, device=local.device)
         for r in range(1, world):
             torch.distributed.recv(buf, src=r)
-            yield buf[:max(0, min(per, total - r * per))]
+            a, b = part_range(total, per, r)
+            yield buf[:b - a]
 
     yield parts()
+
+
+def padded_part(flat: torch.Tensor, per: int) -> torch.Tensor:
+    """``flat`` zero-padded to ``per`` elements (collectives move equal-sized parts)."""
+    return flat.contiguous() if flat.numel() == per else torch.cat([flat, flat.new_zeros(per - flat.numel())])
 
 
 class _FrozenState(nn.Module):

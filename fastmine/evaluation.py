@@ -100,19 +100,20 @@ class Scorer:
         if logits is not None:
             out["target_share"] = target_share(logits, self.target_class)
         if extra:
-            out.update(self.extra_scores(real_feats, feats))
+            lpips = None
             if self.lpips is not None and real_feats is self.real_feats and fake.dim() == 4:
                 if self._real_lpips is None:
                     self._real_lpips = extract_embedding(self.lpips, self.real, self.device)
-                out.update(intra_cluster_diversity(self._real_lpips, extract_embedding(self.lpips, fake, self.device),
-                                                   squared=True), intra_cluster_features="lpips-alex")
+                lpips = (self._real_lpips, extract_embedding(self.lpips, fake, self.device))
+            out.update(self.extra_scores(real_feats, feats, lpips))
         return out
 
-    def extra_scores(self, real_feats, fake_feats) -> dict:
+    def extra_scores(self, real_feats, fake_feats, lpips=None) -> dict:
         """KID (mean and std over subsets, subset size and count), precision and recall
         (k = PR_K; None when a set has no more than k samples, so no k-NN manifold) and
         intra-cluster diversity (clusters counted, singletons left out), all on this scorer's
-        features; ``intra_cluster_features`` names them (CDC uses LPIPS)."""
+        features but the last, which is on LPIPS when ``lpips`` gives the (real, fake) LPIPS
+        embeddings, as CDC's protocol has it; ``intra_cluster_features`` names which."""
         subsets, size = kid_plan(len(real_feats), len(fake_feats), self.kid_subsets, KID_SUBSET_SIZE)
         kid_mean, kid_std = kid(real_feats, fake_feats, self.kid_subsets, KID_SUBSET_SIZE,
                                 generator=torch.Generator().manual_seed(self.seed))
@@ -125,7 +126,10 @@ class Scorer:
                                                                real_radii=self._real_radii if own else None)
         else:
             out["precision"] = out["recall"] = None
-        out.update(intra_cluster_diversity(real_feats, fake_feats), intra_cluster_features=self.name)
+        if lpips is None:
+            out.update(intra_cluster_diversity(real_feats, fake_feats), intra_cluster_features=self.name)
+        else:
+            out.update(intra_cluster_diversity(*lpips, squared=True), intra_cluster_features="lpips-alex")
         return out
 
 

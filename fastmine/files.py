@@ -338,15 +338,12 @@ def load_generator(source, latent_spec=None, arch=None, call=None, allow_pickle=
     elif isinstance(source, str) and FACTORY_SPEC.match(source) and not Path(source).exists():
         build = {"factory": register_factory(source), "kwargs": factory_kwargs}
         module = build_module(build, "generator")
-    elif "generator" in (read_info(source) or {}):  # a fastmine file: read tensor by tensor into the module
-        g = read_info(source)["generator"]
-        build = g["build"]
-        if options and "family" in build.get("arch", {}):  # a StyleGAN source mined in another space
-            build = {"arch": {**build["arch"], **options}}
+    elif "generator" in (info := read_info(source) or {}):  # a fastmine file: read tensor by tensor into the module
+        build, stored_spec = stored_generator(info, options)
         module = build_module(build, "generator", source, trust_code)
         load_state_lazily(module, source, "generator")
-        latent_spec = latent_spec or (None if build is not g["build"] else g["latent_spec"])
-    elif read_info(source) is not None or (allow_pickle and Path(source).suffix != ".safetensors"):
+        latent_spec = latent_spec or stored_spec
+    elif info or (allow_pickle and Path(source).suffix != ".safetensors"):
         tensors, info = read_file(source, allow_pickle=allow_pickle)
         if isinstance(tensors, nn.Module):
             module, build = tensors, None
@@ -377,6 +374,16 @@ def latent_spec_of(module: nn.Module, given=None):
                          "load_generator(..., latent_spec={'z': ((128,), 'normal')}) "
                          "or source.latent_spec={z: {shape: [128], prior: normal}}")
     return spec
+
+
+def stored_generator(info: dict, options: dict) -> tuple:
+    """(build, latent spec or None) of the generator a fastmine file describes; StyleGAN
+    ``options`` (latent space, truncation, noise) override the stored ones, and then its
+    latent spec follows from the module, not the file."""
+    g = info["generator"]
+    if options and "family" in g["build"].get("arch", {}):  # a StyleGAN source mined in another space
+        return {"arch": {**g["build"]["arch"], **options}}, None
+    return g["build"], g["latent_spec"]
 
 
 def _module_for(arch, factory_kwargs, state, source, where=None):

@@ -59,10 +59,7 @@ def _recipe(source, src_cfg) -> tuple:
         if "generator" not in info:
             raise ValueError(f"{str(source)!r} is a fastmine file without a generator (kind {info.get('kind')!r}); "
                              "dist.shard loads a single-generator model file")
-        g = info["generator"]
-        build, latent_spec = g["build"], g["latent_spec"]
-        if options and "family" in build.get("arch", {}):  # a StyleGAN source mined in another space
-            build, latent_spec = {"arch": {**build["arch"], **options}}, None
+        build, latent_spec = files.stored_generator(info, options)
         return build, latent_spec, files.LazyTensors(source, "generator"), None, False
     weights = files.read_weights(source, "generator", getattr(src_cfg, "key", None))
     if weights.family is not None:  # a StyleGAN network: its weights live under .net, w_std is measured
@@ -162,67 +159,42 @@ def _targets(module: nn.Module) -> dict:
     return out
 
 
-def owned_rows(n: int, rank: int, world: int) -> tuple:
-    """Rows of an n-row parameter that FSDP2's ``Shard(0)`` gives ``rank``: torch.chunk's split."""
-    per = math.ceil(n / world) if n else 0
-    start = min(rank * per, n)
-    return start, min(start + per, n)
-
-
-def _zero3_range(p, rank: int) -> tuple:
-    """Flat elements of a ZeRO-3 parameter this rank stores (its partition, padding excluded)."""
-    per = p.ds_tensor.numel()
-    start = min(rank * per, p.ds_numel)
-    return start, min(start + per, p.ds_numel)
-
-
 def _read_own(target, name, reader: files.LazyTensors, rank: int, world: int):
-    if hasattr(target, "to_local"):  # FSDP2: this rank's rows
-        local = target.to_local()
-        start, stop = owned_rows(target.shape[0], rank, world)
-        if stop > start:
-            local.copy_(reader.rows(name, start, stop))
-    elif hasattr(target, "ds_tensor"):  # ZeRO-3: a flat range, read through the rows that hold it
-        start, stop = _zero3_range(target, rank)
-        if stop > start:
-            shape = reader.shape(name)
-            row = math.prod(shape[1:]) if len(shape) > 1 else 1
-            first, last = start // row, -(-stop // row)
-            flat = (reader.rows(name, first, last) if shape else reader.get(name)).reshape(-1)
-            target.ds_tensor.data[:stop - start].copy_(flat[start - first * row:stop - first * row])
-    else:
+    """This rank's part of ``name`` (a parameter's shard, read through the rows that hold it), or
+    the whole tensor (a buffer, a replicated parameter)."""
+    part = distributed.shard_part(target)
+    if part is None:
         target.copy_(reader.get(name))
+        return
+    local, per = part
+    shape = reader.shape(name)
+    start, stop = distributed.part_range(math.prod(shape), per, rank)
+    if stop > start:
+        row = math.prod(shape[1:])  # 1 for a 1-d tensor; FSDP2's parts are whole rows, ZeRO-3's need not be
+        first, last = start // row, -(-stop // row)
+        flat = (reader.rows(name, first, last) if shape else reader.get(name)).reshape(-1)
+        local[:stop - start].copy_(flat[start - first * row:stop - first * row])
 
 
 def _receive_own(target, name, state, rank: int, world: int):
     """Rank 0 sends each rank its part of ``state[name]`` (then drops it); the others receive."""
     whole = state.pop(name) if rank == 0 else None
-    if hasattr(target, "to_local"):
-        n = target.shape[0]
-        per = math.ceil(n / world)
-        local = target.to_local()
-        buf = torch.empty((per, *target.shape[1:]), dtype=target.dtype, device=local.device)
-        parts = None
-        if rank == 0:
-            padded = torch.zeros((per * world, *target.shape[1:]), dtype=target.dtype)
-            padded[:n] = whole
-            parts = list(padded.to(local.device).chunk(world))
-        torch.distributed.scatter(buf, parts, src=0)
-        local.copy_(buf[:local.shape[0]])
-    elif hasattr(target, "ds_tensor"):
-        per = target.ds_tensor.numel()
-        buf = torch.empty(per, dtype=target.dtype, device=target.ds_tensor.device)
-        parts = None
-        if rank == 0:
-            padded = torch.zeros(per * world, dtype=target.dtype)
-            padded[:target.ds_numel] = whole.reshape(-1)
-            parts = list(padded.to(buf.device).chunk(world))
-        torch.distributed.scatter(buf, parts, src=0)
-        target.ds_tensor.data.copy_(buf[:target.ds_tensor.numel()])
-    else:
+    part = distributed.shard_part(target)
+    if part is None:
         buf = whole.to(target.device, target.dtype) if rank == 0 else torch.empty_like(target)
         torch.distributed.broadcast(buf, src=0)
         target.copy_(buf)
+        return
+    local, per = part
+    buf = torch.empty(per, dtype=local.dtype, device=local.device)
+    parts = None
+    if rank == 0:
+        flat = whole.to(local.device, local.dtype).reshape(-1)
+        parts = list(distributed.padded_part(flat, per * world).chunk(world))
+    torch.distributed.scatter(buf, parts, src=0)
+    start, stop = distributed.part_range(math.prod(target.ds_shape if hasattr(target, "ds_shape") else target.shape),
+                                         per, rank)
+    local[:stop - start].copy_(buf[:stop - start])
 
 
 def wants_sharded_load(source) -> bool:

@@ -27,9 +27,9 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
 import fastmine as fm
+from fastmine.distributed import part_range
 from fastmine.files import Deferred, atomic_save_safetensors, convert
 from fastmine.nets import build_generator
-from fastmine.sharded import owned_rows
 
 HERE = Path(__file__).resolve()
 FIXTURES = HERE.parent / "fixtures" / "official"
@@ -104,7 +104,7 @@ def worker_load(args):
             full_max = max(full_max, whole.numel() * whole.element_size())
             if hasattr(p, "to_local"):
                 local = p.to_local()
-                a, b = owned_rows(whole.shape[0], rank, world)
+                a, b = part_range(whole.shape[0], -(-whole.shape[0] // world), rank)  # rows
                 slices_equal[name] = torch.equal(local, whole[a:b])
             elif hasattr(p, "ds_tensor"):
                 local = p.ds_tensor
@@ -167,10 +167,10 @@ def test_streamed_file_is_byte_identical_to_safetensors(tmp_path):
 
 @pytest.mark.parametrize("n", [0, 1, 2, 3, 5, 8, 17])
 @pytest.mark.parametrize("world", [1, 2, 3, 4])
-def test_owned_rows_follow_fsdp2_chunks(n, world):
+def test_parts_of_rows_follow_fsdp2_chunks(n, world):
     chunks = torch.arange(n).chunk(world) if n else []
     for r in range(world):
-        a, b = owned_rows(n, r, world)
+        a, b = part_range(n, -(-n // world), r)
         expect = chunks[r].tolist() if r < len(chunks) else []
         assert list(range(a, b)) == expect, (n, world, r)
 
