@@ -23,6 +23,7 @@ from .apps.demo_multi import DIGITS, run_demo_multi
 from .apps.presets import COMMAND_DEFAULTS
 from .apps.report import write_run_report
 from .config import (
+    RESUMABLE,
     ConfigError,
     RunConfig,
     fill_defaults,
@@ -189,7 +190,7 @@ def build_parser(plugins=()) -> argparse.ArgumentParser:
         p.add_argument("overrides", nargs="*", help="[CONFIG.yaml] key=value ...")
         p.add_argument("--resume", action="store_true",
                        help="continue runs/NAME as it was configured, from its newest intact checkpoint "
-                            "(key=value may change train.steps, device and log.*)")
+                            "(key=value may change " + ", ".join(RESUMABLE) + ")")
         p.add_argument("--restart", action="store_true", help="replace what runs/NAME holds with a fresh run")
     p = sub.add_parser("sample", help="draw samples from a trained model file")
     p.add_argument("model", help="a model file, or a run folder (its model.safetensors)")
@@ -197,7 +198,7 @@ def build_parser(plugins=()) -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="samples.png", help=".png grid or .pt tensor")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--trust-code", action="store_true", help="let the file name a factory to run (see README, Models)")
+    p.add_argument("--trust-code", action="store_true", help="let the file name a factory to run (see docs/models.md)")
     p = sub.add_parser("invert", help="GAN inversion: latents of MODEL that reconstruct the target images",
                        epilog="keys: data.* (the images; default the 100 nines), invert.* (init, steps, lr, "
                               "feature_weight, prior_weight, ...), seed, device")

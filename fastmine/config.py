@@ -14,7 +14,7 @@ checks every range and every rule between fields, before anything is written.
 
 Keys that import and run code, and so must only name code you trust: ``source.generator``
 or ``source.arch`` given as ``"package.module:function"`` and ``miner.module``. A model
-*file* never runs code unless ``source.trust_code=true`` (:mod:`fastmine.io`).
+*file* never runs code unless ``source.trust_code=true`` (:mod:`fastmine.files`).
 """
 from __future__ import annotations
 
@@ -64,7 +64,7 @@ class SourceConfig:
     arch: Optional[str] = None       # "package.module:function" building the generator for a plain state dict (runs it)
     latent_spec: Optional[dict] = None  # {"z": {"shape": [128], "prior": "normal"}} when not self-described
     allow_pickle: bool = False       # allow pickled checkpoints (unpickling runs code from the file)
-    trust_code: bool = False         # let a model file's metadata name a factory to run (fastmine.io)
+    trust_code: bool = False         # let a model file's metadata name a factory to run (fastmine.files)
     generators: Optional[list] = None  # mine-multi / fuse: several generator files
     # which object of a checkpoint holding several: an NVIDIA pickle's G_ema (default) or G; a torch
     # checkpoint's state dict key (found automatically among the well-known ones; "a.b" for nested)

@@ -30,7 +30,7 @@ class Method:
 # MineGAN++ appendix A (MNIST): Adam lr 4e-4, betas (0.5, 0.999), batch 64; WGAN-GP's
 # lambda=10 and n_critic=5. Lee et al. (reprogramming) §4: Adam(1e-4, 0, 0.9),
 # n_critic=10, m=32, lambda=1, seed ~ U[0,1]^d. Baselines: WGAN-GP's own Adam(1e-4, 0, 0.9).
-# Miner init (README "Miner initialisation", benchmarks/RESULTS.md): one generator, MineGAN and
+# Miner init (docs/methods.md "Miner initialisation", benchmarks/RESULTS.md): one generator, MineGAN and
 # reprogramming start from the target's inverted latents, best at 50, 100 and 300 updates on
 # the digits (16 px, 64-d) and MNIST (32 px, 100-d) tasks, seeds 0-2 (MineGAN w/o FT final FID
 # 23.2 ± 1.7 vs 32.3 ± 1.7 for the paper's N(0, 0.01) init and 50.5 ± 3.0 residual on digits;

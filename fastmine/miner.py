@@ -25,7 +25,7 @@ class Miner(nn.Module):
 
     The default is the paper's init: on the digits task (MineGAN w/o FT, 300 updates, 3
     seeds) it reached FID 34.6 ± 3.8 against 51.6 ± 3.0 for the residual init, although it
-    starts collapsed (FID 370 at 50 updates against 195) — see README "Miner initialisation".
+    starts collapsed (FID 370 at 50 updates against 195) — see docs/methods.md, "Miner initialisation".
     """
 
     def __init__(self, latent_spec, seed_dim=None, seed_dist="normal", hidden=None, layers=2, init="normal"):

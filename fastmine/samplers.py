@@ -1,6 +1,6 @@
 """Generator adapters and samplers: S(u) of the one trainer, for a single generator.
 
-Reading and writing them as files is :mod:`fastmine.io`; the multi-generator and fused
+Reading and writing them as files is :mod:`fastmine.files`; the multi-generator and fused
 samplers are in :mod:`fastmine.multi` and :mod:`fastmine.fusion`.
 """
 from __future__ import annotations

@@ -33,7 +33,7 @@ def test_method_defaults_follow_the_papers():
     rep = _resolved(overrides=["method=reprogram"])
     assert (rep.train.lr, rep.train.betas, rep.train.batch_size, rep.loss.gp_weight, rep.train.n_critic,
             rep.miner.seed_dist) == (1e-4, [0.0, 0.9], 32, 1.0, 10, "uniform")
-    # miner init per method, as measured on digits and MNIST (README "Miner initialisation"): one
+    # miner init per method, as measured on digits and MNIST (docs/methods.md, "Miner initialisation"): one
     # generator starts from the inverted target; several keep the paper's N(0, 0.01)
     assert (mine.miner.init, rep.miner.init) == ("inversion", "inversion")
     assert _resolved(overrides=["method=minegan_multi"]).miner.init == "normal"
@@ -43,7 +43,7 @@ def test_method_defaults_follow_the_papers():
 
 
 def test_the_shipped_mining_config_uses_the_method_default_miner_init():
-    # README: the inversion start ends best (final FID 23.2 vs 32.3 normal, 50.5 residual)
+    # benchmarks/RESULTS.md: the inversion start ends best (final FID 23.2 vs 32.3 normal, 50.5 residual)
     assert _resolved(ROOT / "configs" / "mine_digits9.yaml").miner.init == "inversion"
 
 

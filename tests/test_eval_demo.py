@@ -76,6 +76,9 @@ def test_demo_quick_pictures_open_at_the_expected_size(quick_demo):
     for name in ["source", *DEMO_METHODS]:
         assert f"(samples_{name}.png)" in report
     assert "(fid_over_steps.png)" in report and "torch" in report and "python" in report
+    # the latent picture shows where the inversion start began, as `fastmine eval`'s does
+    assert "the target's inverted latents, where the miner started, as red crosses" in report
+    assert "read a negative value as 0" in report  # the footnote for the unbiased estimators
 
 
 def test_demo_runs_log_fid_every_k_steps(quick_demo):

@@ -1,4 +1,4 @@
-"""The package's shape (README "Layout"): no import cycles, imports at the top, the library
+"""The package's shape (docs/architecture.md): no import cycles, imports at the top, the library
 never reaching into the apps, the CLI or the benchmarks, kernels knowing nothing of fastmine."""
 import ast
 from pathlib import Path
@@ -93,7 +93,7 @@ def test_the_library_does_not_import_apps_cli_or_benchmarks():
         assert not bad, f"{module} imports {bad}: the library must not depend on the apps, the CLI or the benchmarks"
 
 
-# README "Layout": a module may import modules of lower layers and of its own (the parts use
+# docs/architecture.md: a module may import modules of lower layers and of its own (the parts use
 # each other); config and methods import nothing of fastmine
 LAYERS = {
     0: ("config", "methods"),

@@ -22,7 +22,7 @@ def test_user_modules_mine_a_2d_gaussian(tmp_path):
     source_mean = fm.Sampler(G).sample(2000).mean(0)
     assert (source_mean - TARGET_MEAN).norm() > 1.5
     # one-sided penalty (WGAN-LP): with the two-sided one the sampler stalled 0.36 away
-    # from the target mean here (README, "Gradient penalty options": the trap on low-dimensional data)
+    # from the target mean here (docs/toolkit.md, "Gradient penalty options": the trap on low-dimensional data)
     result = fm.mine(G, target, miner=toy_models.make_miner(), miner_cfg={"seed_dim": 3},
                      critic=toy_models.make_critic(), steps=300, batch_size=128, lr=2e-3, critic_lr=2e-3,
                      gp_one_sided=True, progress=False, run_dir=tmp_path / "run")

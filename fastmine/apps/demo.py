@@ -26,7 +26,7 @@ from ..api import run
 from ..config import MOVED, DataConfig, load_config
 from ..data import load_data
 from ..evaluation import Scorer, evaluate_sampler, fid_callback, logged_curve
-from ..files import load_sampler
+from ..files import load_latents, load_sampler
 from ..images import save_grid
 from ..methods import METHODS
 from .pictures import interpolation_picture, keep_global_random_state, latent_picture
@@ -160,10 +160,13 @@ def mined_pictures(out: Path, results: dict, method: str = "minegan_noft") -> di
     when it did not run). Drawn after every run, from their own generators."""
     if not results.get(method):
         return None
+    run_dir = Path(results[method][0]["run_dir"])
     with keep_global_random_state():
-        sampler = load_sampler(Path(results[method][0]["run_dir"]) / "model.safetensors")
-    return {"method": method, "seed": results[method][0]["seed"],
-            "latents": latent_picture(sampler, out / f"latents_{method}.png").name,
+        sampler = load_sampler(run_dir / "model.safetensors")
+    inverted_file = run_dir / "inverted_latents.safetensors"  # written by the inversion start, as eval shows it
+    inverted = load_latents(inverted_file) if inverted_file.is_file() else None
+    return {"method": method, "seed": results[method][0]["seed"], "inverted": inverted is not None,
+            "latents": latent_picture(sampler, out / f"latents_{method}.png", inverted=inverted).name,
             "interpolation": interpolation_picture(sampler, out / f"interpolation_{method}.png").name,
             "seed_dist": sampler.seed_dist}
 

@@ -19,6 +19,9 @@ from ..multi import MultiSampler
 from . import pictures
 
 # the few-shot metrics come after MineGAN++'s, so the paper's columns keep their places
+# the unbiased MMD estimators subtract the within-set terms, so equal distributions give ±noise around 0
+NEGATIVE_NOTE = ("Unbiased estimates (KMMD, KID) can fall slightly below 0 when the two sets are as close as their "
+                 "sampling noise allows; read a negative value as 0.")
 COLUMNS = (("fid", "FID ↓", "{:.2f}"), ("kmmd", "KMMD ↓", "{:.4f}"), ("mv", "MV", "{:.3f}"),
            ("target_share", "target share ↑", "{:.2f}"), ("kid", "KID ↓", "{:.4g}"),
            ("precision", "precision ↑", "{:.2f}"), ("recall", "recall ↑", "{:.2f}"),
@@ -121,6 +124,7 @@ def write_run_report(run_dir, result: dict, with_pictures: bool = True, inverted
         lines += [f"Target share: fraction of samples the digits classifier labels {result['target_class']}.", ""]
     lines += ["KMMD: unbiased squared MMD, Gaussian kernel, bandwidth = median pairwise feature distance "
               f"(σ = {m['kmmd_sigma']:.3g}). MV: mean over feature dimensions of the variance across samples.", "",
+              NEGATIVE_NOTE, "",
               few_shot_metrics_note(m), ""]
     grids = sorted((run_dir / "samples").glob("step_*.png"))
     if grids:
@@ -306,6 +310,7 @@ def write_demo_report(out, results: dict, source_scores: dict, settings, seeds, 
               f"features (σ ≈ {source_metrics['kmmd_sigma']:.3g} for the source). MV: mean over feature dimensions of "
               "the variance across generated samples (the real 9s' MV is the reference, higher is not better by "
               "itself).", "", few_shot_metrics_note(source_metrics, "for the source"), "",
+              NEGATIVE_NOTE, "",
               "### The paper's orderings (FID, lower is better)", ""]
     if quick:
         lines += ["Not judged in a `--quick` run.", ""]
@@ -328,7 +333,9 @@ def write_demo_report(out, results: dict, source_scores: dict, settings, seeds, 
                   f"![mined latents]({mined['latents']})", "",
                   "M(u) of 1000 seeds (blue) against 1000 samples of the source's prior N(0, I) (gray): (a) the first "
                   "two latent coordinates (as Lee et al., Fig. 4), (b) a PCA of the whole latent fit on both sets: "
-                  "where the blue mass sits is the part of the source's latent space the miner chose for the 9s.", "",
+                  "where the blue mass sits is the part of the source's latent space the miner chose for the 9s"
+                  + ("; the target's inverted latents, where the miner started, as red crosses."
+                     if mined.get("inverted") else "."), "",
                   f"![interpolation]({mined['interpolation']})", "",
                   "Each row: 8 samples along the straight line between two seeds u_a and u_b of the miner's "
                   f"`{mined['seed_dist']}` seed distribution, decoded in eval mode.", ""]
