@@ -275,6 +275,26 @@ class ConfigError(ValueError):
     pass
 
 
+# Allowed values of a key are the keys of the registry that owns them (losses.OBJECTIVES,
+# augment.AUGMENTS, ...). config imports nothing of fastmine (the parts import it), so each
+# owning module registers its table here by reference: a row added to the table is valid at
+# once, with no edit to this file (stylegan2-ada's metric_main.register_metric / is_valid_metric).
+CHOICES: dict = {}
+
+
+def register_choices(key: str, table, optional: bool = False):
+    """Make ``table`` (a mapping or sequence, kept by reference) the allowed values of ``key``
+    ("section.name"); ``optional``: null is allowed too. Returns ``table``."""
+    CHOICES[key] = (table, optional)
+    return table
+
+
+def choice_row(key: str, value):
+    """The registry row ``value`` names for ``key`` (None when the table is not a mapping)."""
+    table, _ = CHOICES[key]
+    return table.get(value) if isinstance(table, dict) else None
+
+
 def resumable(key: str) -> bool:
     return any(key == r or (r.endswith(".*") and key.startswith(r[:-1])) for r in RESUMABLE)
 
@@ -489,23 +509,27 @@ def validate(cfg: RunConfig) -> RunConfig:
         raise ConfigError(f"train.betas must be two numbers in [0, 1), e.g. [0.5, 0.999], got {t.betas!r}")
     if loss.gp_weight is not None and loss.gp_weight < 0:
         raise ConfigError(f"loss.gp_weight must be >= 0 (0 turns the penalty off), got {loss.gp_weight}")
-    _choice(cfg, "loss.objective", ("wgan_gp", "logistic", "hinge", "minimax", "lsgan", "wgan_clip"))
+    for key, (table, optional) in CHOICES.items():
+        _choice(cfg, key, (*table, None) if optional else tuple(table))
     if loss.r1_gamma < 0:
         raise ConfigError(f"loss.r1_gamma must be >= 0 (0 turns R1 off), got {loss.r1_gamma}")
     _positive(cfg, "loss.r1_every", "loss.clip")
-    if loss.spectral_norm and loss.objective == "wgan_clip":
-        raise ConfigError("loss.spectral_norm and loss.objective=wgan_clip both bound the critic's weights; "
-                          "choose one (spectral_norm with hinge is SNGAN's)")
-    _choice(cfg, "augment.kind", ("none", "diffaugment", "ada"))
-    if cfg.augment.kind == "diffaugment":
-        bad = [p for p in cfg.augment.policy if p not in ("color", "translation", "cutout")]
+    objective = choice_row("loss.objective", loss.objective)
+    if loss.spectral_norm and getattr(objective, "clip", False):
+        raise ConfigError(f"loss.spectral_norm and loss.objective={loss.objective} (weight clipping) both bound the "
+                          "critic's weights; choose one (spectral_norm with hinge is SNGAN's)")
+    augment = choice_row("augment.kind", cfg.augment.kind)
+    policies = getattr(augment, "policies", ())
+    if policies:
+        bad = [p for p in cfg.augment.policy if p not in policies]
         if bad:
-            raise ConfigError(f"augment.policy: unknown {bad}; DiffAugment has color, translation, cutout")
-    if cfg.augment.kind == "ada" and loss.objective not in ("logistic", "hinge", "minimax"):
-        raise ConfigError(f"augment.kind=ada steers p by the sign of the critic's scores on real images, which "
-                          f"loss.objective={loss.objective} does not give a meaning (its scores have an arbitrary "
-                          "offset); use loss.objective=logistic (StyleGAN2-ADA's), hinge or minimax, or "
-                          "augment.kind=diffaugment")
+            raise ConfigError(f"augment.policy: unknown {bad}; {cfg.augment.kind} has {', '.join(policies)}")
+    if getattr(augment, "needs_signed_scores", False) and not getattr(objective, "signed_scores", False):
+        signed = [name for name, row in CHOICES["loss.objective"][0].items() if getattr(row, "signed_scores", False)]
+        raise ConfigError(f"augment.kind={cfg.augment.kind} steers p by the sign of the critic's scores on real "
+                          f"images, which loss.objective={loss.objective} does not give a meaning (its scores have an "
+                          f"arbitrary offset); use loss.objective={' | '.join(signed)} (logistic is StyleGAN2-ADA's), "
+                          "or an augmentation without adaptive p (augment.kind=diffaugment)")
     if not 0 <= cfg.augment.ada_p < 1 or not 0 < cfg.augment.ada_target < 1:
         raise ConfigError(f"augment.ada_p must be in [0, 1) and augment.ada_target in (0, 1), got "
                           f"{cfg.augment.ada_p} and {cfg.augment.ada_target}")
@@ -519,19 +543,10 @@ def validate(cfg: RunConfig) -> RunConfig:
         raise ConfigError(f"data.limit must be at least 1 (or null for all), got {cfg.data.limit}")
     if cfg.dist.streams is not None and cfg.dist.streams < 1:
         raise ConfigError(f"dist.streams must be at least 1 (or null), got {cfg.dist.streams}")
-    _choice(cfg, "perf.impl", ("auto", "triton", "torch"))
-    _choice(cfg, "perf.amp", ("none", "bf16"))
-    _choice(cfg, "perf.compile", ("none", "sampler", "first_order"))
-    _choice(cfg, "multi.rule", ("permute", "max"))
-    _choice(cfg, "multi.path", ("fast", "naive"))
-    _choice(cfg, "dist.shard", ("none", "fsdp2", "zero3", "auto"))
-    _choice(cfg, "dist.backend", ("auto", "gloo", "nccl"))
     unknown = [n for n in cfg.log.trackers or () if n not in LOGGER_TYPE_TO_CLASS]
     if unknown:
         raise ConfigError(f"log.trackers: unknown tracker(s) {unknown}; Accelerate knows "
                           f"{', '.join(sorted(LOGGER_TYPE_TO_CLASS))}")
-    _choice(cfg, "source.latent", ("z", "w", "w+", None))
-    _choice(cfg, "source.noise_mode", ("const", "random", "none", None))
     psi = cfg.source.truncation_psi
     if psi is not None and not 0 <= psi <= 1:
         raise ConfigError(f"source.truncation_psi must be in [0, 1] (1: no truncation), got {psi}")
@@ -539,13 +554,6 @@ def validate(cfg: RunConfig) -> RunConfig:
     if cfg.source.noise is not None and cfg.source.noise < 0:
         raise ConfigError(f"source.noise must be >= 0 (a resolution in px; 0: no noise inputs mined), got "
                           f"{cfg.source.noise}")
-    _choice(cfg, "data.dataset", ("digits", "folder", "tensor", "given"))
-    _choice(cfg, "data.channels", ("gray", "rgb", None))
-    _choice(cfg, "data.fit", ("crop", "pad", "stretch"))
-    _choice(cfg, "data.alpha", ("white", "black", "refuse"))
-    _choice(cfg, "miner.seed_dist", ("normal", "uniform", None))
-    _choice(cfg, "miner.init", ("normal", "residual", "inversion", None))
-    _choice(cfg, "invert.init", ("prior", "encoder"))
     _positive(cfg, "invert.lr", "invert.batch_size", "invert.encoder_lr", "invert.fit_lr")
     for key in ("invert.steps", "invert.encoder_steps", "invert.fit_steps", "invert.pixel_weight",
                 "invert.feature_weight", "invert.prior_weight"):

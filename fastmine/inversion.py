@@ -36,14 +36,17 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .config import InvertConfig
+from . import miner
+from .config import InvertConfig, register_choices
 from .latent import LatentSpec, draw
 from .metrics.features import load_digits_feature_net
 from .metrics.lpips import find_lpips
 from .nets import DCGANCritic
 from .samplers import GeneratorAdapter
 
-INITS = ("prior", "encoder")
+INITS = register_choices("invert.init", ("prior", "encoder"))
+# a miner starts as Miner builds it, or fitted to the target's inverted latents (fit_miner)
+register_choices("miner.init", (*miner.INITS, "inversion"), optional=True)
 
 
 @dataclass

@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 
 from . import distributed
 from .augment import build_augment
+from .config import register_choices
 from .data import DeviceSampler
 from .files import atomic_save_safetensors, atomic_torch_save, atomic_write_text, read_file
 from .images import save_grid
@@ -34,8 +35,8 @@ from .losses import check_critic_for_penalty, clip_weights, get_objective, gradi
 from .regularizers import build_regularizers
 from .trackers import Trackers
 
-AMP = ("none", "bf16")
-COMPILE = ("none", "sampler", "first_order")
+AMP = register_choices("perf.amp", ("none", "bf16"))
+COMPILE = register_choices("perf.compile", ("none", "sampler", "first_order"))
 TERMS = ("loss_critic", "loss_sampler", "penalty", "wasserstein", "grad_norm", "regularize")
 
 
