@@ -88,7 +88,8 @@ class MinerConfig:
     hidden: Optional[int] = None     # default: max(latent size, seed_dim)
     layers: int = 2                  # the paper's MNIST miner: two FC layers of |z|
     # normal (paper's N(0, 0.01)) | residual (starts at the prior) | inversion (fitted to the target's
-    # inverted latents, invert section); default per method
+    # inverted latents, invert section) | given (a miner you pass keeps its weights: the default
+    # then); default per method
     init: Optional[str] = None
     module: Optional[str] = None     # "package.module:function" returning your own miner module (runs it)
 
@@ -205,6 +206,9 @@ class InvertConfig:
     encoder_steps: int = 500         # init=encoder: training steps on the generator's own samples
     encoder_lr: float = 1e-3
     fit_steps: int = 300             # miner.init=inversion: steps fitting M(u)'s mean and covariance
+    # miner.init=inversion inverts a random subset (chosen with `seed`) of at most this many target
+    # samples: a mean and a covariance need a few hundred latents, not the whole target
+    max_images: int = 512
     fit_lr: float = 1e-3
 
 
@@ -554,7 +558,7 @@ def validate(cfg: RunConfig) -> RunConfig:
     if cfg.source.noise is not None and cfg.source.noise < 0:
         raise ConfigError(f"source.noise must be >= 0 (a resolution in px; 0: no noise inputs mined), got "
                           f"{cfg.source.noise}")
-    _positive(cfg, "invert.lr", "invert.batch_size", "invert.encoder_lr", "invert.fit_lr")
+    _positive(cfg, "invert.lr", "invert.batch_size", "invert.encoder_lr", "invert.fit_lr", "invert.max_images")
     for key in ("invert.steps", "invert.encoder_steps", "invert.fit_steps", "invert.pixel_weight",
                 "invert.feature_weight", "invert.prior_weight"):
         if _get(cfg, key) < 0:

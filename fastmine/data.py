@@ -61,7 +61,7 @@ FITS = register_choices("data.fit", ("crop", "pad", "stretch"))
 ALPHAS = register_choices("data.alpha", ("white", "black", "refuse"))
 
 
-def _subset(n: int, limit: int | None, seed: int) -> np.ndarray:
+def subset_indices(n: int, limit: int | None, seed: int) -> np.ndarray:
     """Indices of ``limit`` of ``n`` items chosen at random with ``seed`` (all of them without a limit)."""
     if limit is None or limit >= n:
         return np.arange(n)
@@ -128,7 +128,7 @@ def load_image_folder(path, size=64, channels=None, limit=None, seed=0, fit="cro
             f"no PNG/JPEG images in {str(root)!r} (found {len(others)} other files, e.g. {others}); "
             "point data.path at a folder of .png/.jpg/.jpeg images"
         )
-    chosen = [files[i] for i in _subset(len(files), limit, seed)]
+    chosen = [files[i] for i in subset_indices(len(files), limit, seed)]
     images, any_color, n_alpha, n_nonsquare, n_16bit = [], False, 0, 0, 0
     for f in chosen:
         try:
@@ -235,7 +235,7 @@ def _folder_of(cfg, report):
 def _tensor_of(cfg, report):
     x = load_tensor_file(_need_path(cfg), key=cfg.key)
     report.update(found=len(x))
-    return x[torch.from_numpy(_subset(len(x), cfg.limit, cfg.seed))]
+    return x[torch.from_numpy(subset_indices(len(x), cfg.limit, cfg.seed))]
 
 
 def _given(cfg, report):

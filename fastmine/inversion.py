@@ -36,7 +36,6 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from . import miner
 from .config import InvertConfig, register_choices
 from .latent import LatentSpec, draw
 from .metrics.features import load_digits_feature_net
@@ -45,8 +44,6 @@ from .nets import DCGANCritic
 from .samplers import GeneratorAdapter
 
 INITS = register_choices("invert.init", ("prior", "encoder"))
-# a miner starts as Miner builds it, or fitted to the target's inverted latents (fit_miner)
-register_choices("miner.init", (*miner.INITS, "inversion"), optional=True)
 
 
 @dataclass

@@ -8,6 +8,10 @@ from .config import register_choices
 from .latent import LatentSpec, transport
 
 INITS = ("residual", "normal")
+# how a run's miner starts (miner.init): one of Miner's INITS; "inversion", fitted to the target's
+# inverted latents after it is built (fastmine.inversion.fit_miner); "given", a miner the user
+# passed, kept as it is
+STARTS = register_choices("miner.init", (*INITS, "inversion", "given"), optional=True)
 SEED_DISTS = register_choices("miner.seed_dist", ("normal", "uniform"), optional=True)
 
 
