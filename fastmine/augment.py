@@ -32,12 +32,15 @@ from the same state get the same transforms, and a resumed run redraws exactly.
 """
 
 import math
+from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-KINDS = ("none", "diffaugment", "ada")
+from .config import register_choices
+
 POLICIES = ("color", "translation", "cutout")
 
 # ADA's 'bgc' magnitudes (Karras et al. 2020, Appendix B; stylegan2-ada-pytorch's AugmentPipe defaults)
@@ -54,13 +57,9 @@ SATURATION_STD = 1.0   # saturation: log2-normal
 
 def build_augment(cfg) -> "Augment | None":
     """The augmentation ``cfg`` (an AugmentConfig) asks for; None for kind "none"."""
-    if cfg.kind == "none":
-        return None
-    if cfg.kind == "diffaugment":
-        return DiffAugment(cfg.policy)
-    if cfg.kind == "ada":
-        return ADA(target=cfg.ada_target, images=cfg.ada_images, interval=cfg.ada_interval, p=cfg.ada_p)
-    raise ValueError(f"unknown augment.kind {cfg.kind!r}; choose one of {', '.join(KINDS)}")
+    if cfg.kind not in AUGMENTS:
+        raise ValueError(f"unknown augment.kind {cfg.kind!r}; choose one of {', '.join(AUGMENTS)}")
+    return AUGMENTS[cfg.kind].build(cfg)
 
 
 class Augment(nn.Module):
@@ -418,3 +417,23 @@ class ADA(Augment):
 
     def extra_repr(self):
         return f"target={self.target}, images={self.images:g}, interval={self.interval}"
+
+
+# ---------------------------------------------------------------------------------------------
+# the registry: augment.kind names a row (config.validate reads this table)
+
+
+@dataclass(frozen=True)
+class AugmentKind:
+    build: Callable                    # AugmentConfig -> Augment | None
+    policies: tuple = ()               # what augment.policy may name (its transforms)
+    needs_signed_scores: bool = False  # steers itself by sign(D(x_real)): an objective whose sign means something
+
+
+AUGMENTS = {
+    "none": AugmentKind(lambda cfg: None),
+    "diffaugment": AugmentKind(lambda cfg: DiffAugment(cfg.policy), policies=POLICIES),
+    "ada": AugmentKind(lambda cfg: ADA(target=cfg.ada_target, images=cfg.ada_images, interval=cfg.ada_interval,
+                                       p=cfg.ada_p), needs_signed_scores=True),
+}
+register_choices("augment.kind", AUGMENTS)

@@ -88,7 +88,8 @@ class MinerConfig:
     hidden: Optional[int] = None     # default: max(latent size, seed_dim)
     layers: int = 2                  # the paper's MNIST miner: two FC layers of |z|
     # normal (paper's N(0, 0.01)) | residual (starts at the prior) | inversion (fitted to the target's
-    # inverted latents, invert section); default per method
+    # inverted latents, invert section) | given (a miner you pass keeps its weights: the default
+    # then); default per method
     init: Optional[str] = None
     module: Optional[str] = None     # "package.module:function" returning your own miner module (runs it)
 
@@ -205,6 +206,9 @@ class InvertConfig:
     encoder_steps: int = 500         # init=encoder: training steps on the generator's own samples
     encoder_lr: float = 1e-3
     fit_steps: int = 300             # miner.init=inversion: steps fitting M(u)'s mean and covariance
+    # miner.init=inversion inverts a random subset (chosen with `seed`) of at most this many target
+    # samples: a mean and a covariance need a few hundred latents, not the whole target
+    max_images: int = 512
     fit_lr: float = 1e-3
 
 
@@ -273,6 +277,26 @@ RESUMABLE = ("train.steps", "device", "log.*", "source.trust_code", "source.allo
 
 class ConfigError(ValueError):
     pass
+
+
+# Allowed values of a key are the keys of the registry that owns them (losses.OBJECTIVES,
+# augment.AUGMENTS, ...). config imports nothing of fastmine (the parts import it), so each
+# owning module registers its table here by reference: a row added to the table is valid at
+# once, with no edit to this file (stylegan2-ada's metric_main.register_metric / is_valid_metric).
+CHOICES: dict = {}
+
+
+def register_choices(key: str, table, optional: bool = False):
+    """Make ``table`` (a mapping or sequence, kept by reference) the allowed values of ``key``
+    ("section.name"); ``optional``: null is allowed too. Returns ``table``."""
+    CHOICES[key] = (table, optional)
+    return table
+
+
+def choice_row(key: str, value):
+    """The registry row ``value`` names for ``key`` (None when the table is not a mapping)."""
+    table, _ = CHOICES[key]
+    return table.get(value) if isinstance(table, dict) else None
 
 
 def resumable(key: str) -> bool:
@@ -489,23 +513,27 @@ def validate(cfg: RunConfig) -> RunConfig:
         raise ConfigError(f"train.betas must be two numbers in [0, 1), e.g. [0.5, 0.999], got {t.betas!r}")
     if loss.gp_weight is not None and loss.gp_weight < 0:
         raise ConfigError(f"loss.gp_weight must be >= 0 (0 turns the penalty off), got {loss.gp_weight}")
-    _choice(cfg, "loss.objective", ("wgan_gp", "logistic", "hinge", "minimax", "lsgan", "wgan_clip"))
+    for key, (table, optional) in CHOICES.items():
+        _choice(cfg, key, (*table, None) if optional else tuple(table))
     if loss.r1_gamma < 0:
         raise ConfigError(f"loss.r1_gamma must be >= 0 (0 turns R1 off), got {loss.r1_gamma}")
     _positive(cfg, "loss.r1_every", "loss.clip")
-    if loss.spectral_norm and loss.objective == "wgan_clip":
-        raise ConfigError("loss.spectral_norm and loss.objective=wgan_clip both bound the critic's weights; "
-                          "choose one (spectral_norm with hinge is SNGAN's)")
-    _choice(cfg, "augment.kind", ("none", "diffaugment", "ada"))
-    if cfg.augment.kind == "diffaugment":
-        bad = [p for p in cfg.augment.policy if p not in ("color", "translation", "cutout")]
+    objective = choice_row("loss.objective", loss.objective)
+    if loss.spectral_norm and getattr(objective, "clip", False):
+        raise ConfigError(f"loss.spectral_norm and loss.objective={loss.objective} (weight clipping) both bound the "
+                          "critic's weights; choose one (spectral_norm with hinge is SNGAN's)")
+    augment = choice_row("augment.kind", cfg.augment.kind)
+    policies = getattr(augment, "policies", ())
+    if policies:
+        bad = [p for p in cfg.augment.policy if p not in policies]
         if bad:
-            raise ConfigError(f"augment.policy: unknown {bad}; DiffAugment has color, translation, cutout")
-    if cfg.augment.kind == "ada" and loss.objective not in ("logistic", "hinge", "minimax"):
-        raise ConfigError(f"augment.kind=ada steers p by the sign of the critic's scores on real images, which "
-                          f"loss.objective={loss.objective} does not give a meaning (its scores have an arbitrary "
-                          "offset); use loss.objective=logistic (StyleGAN2-ADA's), hinge or minimax, or "
-                          "augment.kind=diffaugment")
+            raise ConfigError(f"augment.policy: unknown {bad}; {cfg.augment.kind} has {', '.join(policies)}")
+    if getattr(augment, "needs_signed_scores", False) and not getattr(objective, "signed_scores", False):
+        signed = [name for name, row in CHOICES["loss.objective"][0].items() if getattr(row, "signed_scores", False)]
+        raise ConfigError(f"augment.kind={cfg.augment.kind} steers p by the sign of the critic's scores on real "
+                          f"images, which loss.objective={loss.objective} does not give a meaning (its scores have an "
+                          f"arbitrary offset); use loss.objective={' | '.join(signed)} (logistic is StyleGAN2-ADA's), "
+                          "or an augmentation without adaptive p (augment.kind=diffaugment)")
     if not 0 <= cfg.augment.ada_p < 1 or not 0 < cfg.augment.ada_target < 1:
         raise ConfigError(f"augment.ada_p must be in [0, 1) and augment.ada_target in (0, 1), got "
                           f"{cfg.augment.ada_p} and {cfg.augment.ada_target}")
@@ -519,19 +547,10 @@ def validate(cfg: RunConfig) -> RunConfig:
         raise ConfigError(f"data.limit must be at least 1 (or null for all), got {cfg.data.limit}")
     if cfg.dist.streams is not None and cfg.dist.streams < 1:
         raise ConfigError(f"dist.streams must be at least 1 (or null), got {cfg.dist.streams}")
-    _choice(cfg, "perf.impl", ("auto", "triton", "torch"))
-    _choice(cfg, "perf.amp", ("none", "bf16"))
-    _choice(cfg, "perf.compile", ("none", "sampler", "first_order"))
-    _choice(cfg, "multi.rule", ("permute", "max"))
-    _choice(cfg, "multi.path", ("fast", "naive"))
-    _choice(cfg, "dist.shard", ("none", "fsdp2", "zero3", "auto"))
-    _choice(cfg, "dist.backend", ("auto", "gloo", "nccl"))
     unknown = [n for n in cfg.log.trackers or () if n not in LOGGER_TYPE_TO_CLASS]
     if unknown:
         raise ConfigError(f"log.trackers: unknown tracker(s) {unknown}; Accelerate knows "
                           f"{', '.join(sorted(LOGGER_TYPE_TO_CLASS))}")
-    _choice(cfg, "source.latent", ("z", "w", "w+", None))
-    _choice(cfg, "source.noise_mode", ("const", "random", "none", None))
     psi = cfg.source.truncation_psi
     if psi is not None and not 0 <= psi <= 1:
         raise ConfigError(f"source.truncation_psi must be in [0, 1] (1: no truncation), got {psi}")
@@ -539,14 +558,7 @@ def validate(cfg: RunConfig) -> RunConfig:
     if cfg.source.noise is not None and cfg.source.noise < 0:
         raise ConfigError(f"source.noise must be >= 0 (a resolution in px; 0: no noise inputs mined), got "
                           f"{cfg.source.noise}")
-    _choice(cfg, "data.dataset", ("digits", "folder", "tensor", "given"))
-    _choice(cfg, "data.channels", ("gray", "rgb", None))
-    _choice(cfg, "data.fit", ("crop", "pad", "stretch"))
-    _choice(cfg, "data.alpha", ("white", "black", "refuse"))
-    _choice(cfg, "miner.seed_dist", ("normal", "uniform", None))
-    _choice(cfg, "miner.init", ("normal", "residual", "inversion", None))
-    _choice(cfg, "invert.init", ("prior", "encoder"))
-    _positive(cfg, "invert.lr", "invert.batch_size", "invert.encoder_lr", "invert.fit_lr")
+    _positive(cfg, "invert.lr", "invert.batch_size", "invert.encoder_lr", "invert.fit_lr", "invert.max_images")
     for key in ("invert.steps", "invert.encoder_steps", "invert.fit_steps", "invert.pixel_weight",
                 "invert.feature_weight", "invert.prior_weight"):
         if _get(cfg, key) < 0:

@@ -15,6 +15,8 @@ from PIL import Image, UnidentifiedImageError
 from sklearn.datasets import load_digits as sklearn_digits
 from sklearn.model_selection import train_test_split
 
+from .config import register_choices
+
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
 
 
@@ -54,12 +56,12 @@ def resize(x: torch.Tensor, size: int | None) -> torch.Tensor:
     return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
 
 
-CHANNELS = {"gray": "L", "rgb": "RGB"}
-FITS = ("crop", "pad", "stretch")
-ALPHAS = ("white", "black", "refuse")
+CHANNELS = register_choices("data.channels", {"gray": "L", "rgb": "RGB"}, optional=True)
+FITS = register_choices("data.fit", ("crop", "pad", "stretch"))
+ALPHAS = register_choices("data.alpha", ("white", "black", "refuse"))
 
 
-def _subset(n: int, limit: int | None, seed: int) -> np.ndarray:
+def subset_indices(n: int, limit: int | None, seed: int) -> np.ndarray:
     """Indices of ``limit`` of ``n`` items chosen at random with ``seed`` (all of them without a limit)."""
     if limit is None or limit >= n:
         return np.arange(n)
@@ -126,7 +128,7 @@ def load_image_folder(path, size=64, channels=None, limit=None, seed=0, fit="cro
             f"no PNG/JPEG images in {str(root)!r} (found {len(others)} other files, e.g. {others}); "
             "point data.path at a folder of .png/.jpg/.jpeg images"
         )
-    chosen = [files[i] for i in _subset(len(files), limit, seed)]
+    chosen = [files[i] for i in subset_indices(len(files), limit, seed)]
     images, any_color, n_alpha, n_nonsquare, n_16bit = [], False, 0, 0, 0
     for f in chosen:
         try:
@@ -195,20 +197,9 @@ def load_data(cfg, report=None) -> torch.Tensor:
     """The tensor described by a :class:`fastmine.config.DataConfig`; ``report`` (a dict)
     receives what was loaded and how (:func:`describe`)."""
     report = {} if report is None else report
-    if cfg.dataset == "digits":
-        x = load_digits(labels=cfg.labels, limit=cfg.limit, size=cfg.size, seed=cfg.seed)
-    elif cfg.dataset == "folder":
-        x = load_image_folder(_need_path(cfg), size=cfg.size, channels=cfg.channels, limit=cfg.limit, seed=cfg.seed,
-                              fit=cfg.fit, alpha=cfg.alpha, report=report)
-    elif cfg.dataset == "given":
-        raise ValueError("this run's target was given in code (a tensor or a function), not by its config: "
-                         "pass it again (target=...)")
-    elif cfg.dataset == "tensor":
-        x = load_tensor_file(_need_path(cfg), key=cfg.key)
-        report.update(found=len(x))
-        x = x[torch.from_numpy(_subset(len(x), cfg.limit, cfg.seed))]
-    else:
-        raise ValueError(f"unknown dataset {cfg.dataset!r}; use 'digits', 'folder' or 'tensor'")
+    if cfg.dataset not in DATASETS:
+        raise ValueError(f"unknown dataset {cfg.dataset!r}; use one of {', '.join(DATASETS)}")
+    x = DATASETS[cfg.dataset](cfg, report)
     if len(x) == 0:
         raise ValueError(f"dataset {cfg.dataset!r} is empty after filtering (labels={cfg.labels}, limit={cfg.limit})")
     return x
@@ -230,6 +221,31 @@ def describe(cfg, x: torch.Tensor, report: dict) -> str:
     if report.get("sixteen_bit"):
         parts.append(f"{report['sixteen_bit']} 16-bit scaled to 8-bit range")
     return "; ".join(parts)
+
+
+def _digits_of(cfg, report):
+    return load_digits(labels=cfg.labels, limit=cfg.limit, size=cfg.size, seed=cfg.seed)
+
+
+def _folder_of(cfg, report):
+    return load_image_folder(_need_path(cfg), size=cfg.size, channels=cfg.channels, limit=cfg.limit, seed=cfg.seed,
+                             fit=cfg.fit, alpha=cfg.alpha, report=report)
+
+
+def _tensor_of(cfg, report):
+    x = load_tensor_file(_need_path(cfg), key=cfg.key)
+    report.update(found=len(x))
+    return x[torch.from_numpy(subset_indices(len(x), cfg.limit, cfg.seed))]
+
+
+def _given(cfg, report):
+    raise ValueError("this run's target was given in code (a tensor or a function), not by its config: "
+                     "pass it again (target=...)")
+
+
+# data.dataset names a loader (DataConfig, report dict) -> tensor [N, ...]
+DATASETS = register_choices("data.dataset", {"digits": _digits_of, "folder": _folder_of, "tensor": _tensor_of,
+                                             "given": _given})
 
 
 def _need_path(cfg):

@@ -41,10 +41,13 @@ from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import fully_shard
 from torch.distributed.tensor import DTensor
 
+from .config import register_choices
 from .files import Deferred
 from .samplers import GeneratorAdapter, Sampler
 
 SHARD_KINDS = ("none", "fsdp2", "zero3")
+register_choices("dist.shard", (*SHARD_KINDS, "auto"))  # auto: from the accelerate YAML
+register_choices("dist.backend", ("auto", "gloo", "nccl"))
 STREAM_STRIDE = 1_000_003
 
 

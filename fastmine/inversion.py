@@ -36,14 +36,14 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .config import InvertConfig
+from .config import InvertConfig, register_choices
 from .latent import LatentSpec, draw
 from .metrics.features import load_digits_feature_net
 from .metrics.lpips import find_lpips
 from .nets import DCGANCritic
 from .samplers import GeneratorAdapter
 
-INITS = ("prior", "encoder")
+INITS = register_choices("invert.init", ("prior", "encoder"))
 
 
 @dataclass

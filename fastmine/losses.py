@@ -25,8 +25,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fastmine_kernels import IMPLS
 from fastmine_kernels.gradient_penalty import gradient_penalty_from_grad
 from fastmine_kernels.interpolate import interpolate
+
+from .config import register_choices
 
 
 @dataclass(frozen=True)
@@ -35,6 +38,9 @@ class Objective:
     sampler: Callable     # d_fake -> the sampler's loss
     penalty: str = "none"  # gp (WGAN-GP on interpolates) | r1 (on real images) | none
     clip: bool = False    # clip the critic's weights after each step
+    # the sign of a score means real (+) or fake (-), as ADA's overfitting heuristic E[sign D(x)]
+    # needs; WGAN's scores have an arbitrary offset
+    signed_scores: bool = False
 
 
 def _wgan_critic(d_fake, d_real):
@@ -54,13 +60,17 @@ def _logistic_critic(d_fake, d_real):
 
 OBJECTIVES = {
     "wgan_gp": Objective(_wgan_critic, _wgan_sampler, penalty="gp"),
-    "logistic": Objective(_logistic_critic, lambda d_fake: F.softplus(-d_fake).mean(), penalty="r1"),
-    "hinge": Objective(lambda d_fake, d_real: F.relu(1 - d_real).mean() + F.relu(1 + d_fake).mean(), _wgan_sampler),
-    "minimax": Objective(_logistic_critic, lambda d_fake: -F.softplus(d_fake).mean()),
+    "logistic": Objective(_logistic_critic, lambda d_fake: F.softplus(-d_fake).mean(), penalty="r1",
+                          signed_scores=True),
+    "hinge": Objective(lambda d_fake, d_real: F.relu(1 - d_real).mean() + F.relu(1 + d_fake).mean(), _wgan_sampler,
+                       signed_scores=True),
+    "minimax": Objective(_logistic_critic, lambda d_fake: -F.softplus(d_fake).mean(), signed_scores=True),
     "lsgan": Objective(lambda d_fake, d_real: 0.5 * ((d_real - 1) ** 2).mean() + 0.5 * (d_fake ** 2).mean(),
                        lambda d_fake: 0.5 * ((d_fake - 1) ** 2).mean()),
     "wgan_clip": Objective(_wgan_critic, _wgan_sampler, clip=True),
 }
+register_choices("loss.objective", OBJECTIVES)
+register_choices("perf.impl", IMPLS)
 
 
 def get_objective(name: str) -> Objective:

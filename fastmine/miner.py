@@ -4,9 +4,15 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .config import register_choices
 from .latent import LatentSpec, transport
 
 INITS = ("residual", "normal")
+# how a run's miner starts (miner.init): one of Miner's INITS; "inversion", fitted to the target's
+# inverted latents after it is built (fastmine.inversion.fit_miner); "given", a miner the user
+# passed, kept as it is
+STARTS = register_choices("miner.init", (*INITS, "inversion", "given"), optional=True)
+SEED_DISTS = register_choices("miner.seed_dist", ("normal", "uniform"), optional=True)
 
 
 class Miner(nn.Module):
@@ -33,8 +39,8 @@ class Miner(nn.Module):
         self.latent_spec = LatentSpec(latent_spec)
         if init not in INITS:
             raise ValueError(f"unknown miner init {init!r}; use one of {', '.join(INITS)}")
-        if seed_dist not in ("normal", "uniform"):
-            raise ValueError(f"seed_dist must be 'normal' or 'uniform', got {seed_dist!r}")
+        if seed_dist not in SEED_DISTS:
+            raise ValueError(f"seed_dist must be one of {', '.join(SEED_DISTS)}, got {seed_dist!r}")
         if layers < 1:
             raise ValueError(f"a miner needs at least one layer, got layers={layers}")
         sizes = [latent.numel for latent in self.latent_spec.values()]

@@ -45,10 +45,12 @@ from torch import nn
 
 from fastmine_kernels.supersample_select import RULES, supersample_select
 
+from .config import register_choices
 from .latent import draw
 from .samplers import Sampler, seeded_sample
 
-PATHS = ("fast", "naive")
+PATHS = register_choices("multi.path", ("fast", "naive"))
+register_choices("multi.rule", RULES)
 
 
 class MultiSampler(nn.Module):

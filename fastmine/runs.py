@@ -21,7 +21,7 @@ from torch import nn
 from . import distributed, sharded
 from .conditional import FACTORY_DCGAN, LabelledSampler, conditional_dcgan, load_biggan
 from .config import ConfigError, RunConfig, dump_config, fill_defaults, load_config, reconcile_resume, validate
-from .data import describe, load_data, load_digits, load_image_folder, make_target
+from .data import describe, load_data, load_digits, load_image_folder, make_target, subset_indices
 from .files import (
     RunLock,
     build_module,
@@ -136,8 +136,10 @@ def prepare(cfg: RunConfig, inputs: Inputs | None = None, *, resume=False, resta
     if resume and write and stored.is_file():
         cfg, changed = reconcile_resume(load_config(stored), cfg)
     method = get_method(cfg.method)
-    validate(fill_defaults(cfg, method))
     inputs = inputs or Inputs()
+    if cfg.miner.init is None and (cfg.miner.module or inputs.miners and all(m is not None for m in inputs.miners)):
+        cfg.miner.init = "given"  # a miner the user passed keeps its weights unless miner.init says otherwise
+    validate(fill_defaults(cfg, method))
     if accelerator is None:  # launched by torchrun / accelerate launch: one process group, this rank's device
         accelerator = distributed.setup(cfg.dist, cfg.device)
     device = str(accelerator.device) if accelerator is not None and cfg.device == "auto" else resolve_device(cfg.device)
@@ -253,6 +255,9 @@ def make_miner(cfg: RunConfig, latent_spec, given=None) -> nn.Module:
         given = import_object(cfg.miner.module)()  # the user named this code in the config (miner.module)
     if given is not None:
         return given
+    if cfg.miner.init == "given":
+        raise ConfigError("miner.init=given keeps a miner you pass (miner=..., or miner.module), but none was "
+                          "given; choose normal, residual or inversion")
     m = cfg.miner
     init = m.init
     if init == "inversion":  # the starting weights, before fit_miner moves them onto the inverted latents
@@ -262,11 +267,17 @@ def make_miner(cfg: RunConfig, latent_spec, given=None) -> nn.Module:
 
 
 def start_from_inversion(cfg: RunConfig, sampler, example: torch.Tensor, device) -> Inversion:
-    """miner.init=inversion: invert (up to s3.samples of) the target, then fit the miner's
-    latents' mean and covariance to the inverted ones (fastmine.inversion)."""
-    inv = invert(sampler.generator, example, cfg.invert, seed=cfg.seed, device=device, progress=cfg.log.progress)
+    """miner.init=inversion: invert a random subset of the target (at most invert.max_images,
+    chosen with the run's seed: a few hundred latents fix a mean and a covariance, and the whole
+    of a large target would take hours), then fit the miner's latents' mean and covariance to
+    the inverted ones (fastmine.inversion)."""
+    chosen = torch.from_numpy(subset_indices(len(example), cfg.invert.max_images, cfg.seed))
+    inv = invert(sampler.generator, example[chosen], cfg.invert, seed=cfg.seed, device=device,
+                 progress=cfg.log.progress)
     if distributed.rank() == 0:
-        print(f"miner.init=inversion: {inv.summary()}")
+        of = (f"a random {len(chosen)} of the target's {len(example)} (invert.max_images)" if len(chosen) < len(example)
+              else "the whole target")
+        print(f"miner.init=inversion: {inv.summary()}, {of}")
     fit_miner(sampler.miner, sampler, inv.flat(sampler.generator.latent_spec), steps=cfg.invert.fit_steps,
               lr=cfg.invert.fit_lr, seed=cfg.seed)
     return inv

@@ -5,6 +5,9 @@ samplers are in :mod:`fastmine.multi` and :mod:`fastmine.fusion`.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Callable, Protocol, runtime_checkable
+
 import torch
 from torch import nn
 
@@ -104,6 +107,69 @@ class Sampler(nn.Module):
     def sample(self, n: int, seed: int = 0, device=None, batch_size: int = 1024) -> torch.Tensor:
         """n samples from a fixed seed, in eval mode (the same seed gives the same samples)."""
         return seeded_sample(self, n, seed, device or _device_of(self), batch_size)
+
+
+class SamplerProtocol(Protocol):
+    """S(u) as the one trainer uses it: an ``nn.Module`` with
+
+    - ``draw_seeds(n, generator, device) -> seeds``: n seeds from the sampler's seed distribution;
+    - ``forward(seeds) -> samples``: images NCHW in [-1, 1] or vectors [N, d], what the critic sees.
+
+    Optional hooks, each with a default when absent (:class:`SamplerHooks`):
+
+    - ``bind_critic(critic, all_reduce)``: the sampler selects among candidates with the critic
+      (the multi-generator sampler); ``all_reduce`` sums its counts over processes (None: one);
+    - ``visible(samples)``: what a picture shows (the fused and labelled samplers drop the label
+      channels their critic sees); default: the samples themselves;
+    - ``generator``: the generator module inside (its ``frozen`` flag leaves it out of
+      checkpoints; regularizers run only while it trains); default: the sampler itself.
+
+    :func:`check_sampler` checks a sampler against it once, when a run is prepared.
+    """
+
+    def draw_seeds(self, n: int, generator: torch.Generator | None = None, device=None) -> torch.Tensor: ...
+
+    def forward(self, seeds) -> torch.Tensor: ...
+
+
+REQUIRED = ("draw_seeds", "forward")  # SamplerProtocol's members
+
+
+@dataclass(frozen=True)
+class SamplerHooks:
+    """A checked sampler's optional hooks, absent ones filled with their defaults."""
+    generator: nn.Module
+    visible: Callable
+    bind_critic: Callable | None = None
+
+
+def check_sampler(sampler) -> SamplerHooks:
+    """``sampler``'s hooks, after checking it has what :class:`SamplerProtocol` requires: a
+    one-line error naming what is missing otherwise."""
+    if not isinstance(sampler, nn.Module):
+        raise TypeError(f"the sampler must be an nn.Module with {' and '.join(REQUIRED)} (fastmine.samplers."
+                        f"SamplerProtocol), got {type(sampler).__name__}")
+    defined = {"draw_seeds": callable(getattr(sampler, "draw_seeds", None)),
+               "forward": type(sampler).forward is not nn.Module.forward}
+    missing = [name for name in REQUIRED if not defined[name]]
+    if missing:
+        raise TypeError(f"the sampler {type(sampler).__name__} lacks {', '.join(missing)}: a sampler needs "
+                        "draw_seeds(n, generator, device) and forward(seeds) (fastmine.samplers.SamplerProtocol)")
+    hooks = {name: getattr(sampler, name, None) for name in ("generator", "visible", "bind_critic")}
+    return SamplerHooks(generator=hooks["generator"] if hooks["generator"] is not None else sampler,
+                        visible=hooks["visible"] or _as_is, bind_critic=hooks["bind_critic"])
+
+
+def _as_is(samples):
+    return samples
+
+
+@runtime_checkable
+class Freezable(Protocol):
+    """A module that freezes itself its own way (a generator adapter keeps batch-norm statistics
+    still while frozen) rather than by ``requires_grad_`` alone."""
+
+    def freeze(self, frozen: bool = True): ...
 
 
 @torch.no_grad()

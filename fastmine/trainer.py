@@ -27,15 +27,17 @@ from tqdm.auto import tqdm
 
 from . import distributed
 from .augment import build_augment
+from .config import register_choices
 from .data import DeviceSampler
 from .files import atomic_save_safetensors, atomic_torch_save, atomic_write_text, read_file
 from .images import save_grid
 from .losses import check_critic_for_penalty, clip_weights, get_objective, gradient_penalty, r1_penalty
 from .regularizers import build_regularizers
+from .samplers import Freezable, check_sampler
 from .trackers import Trackers
 
-AMP = ("none", "bf16")
-COMPILE = ("none", "sampler", "first_order")
+AMP = register_choices("perf.amp", ("none", "bf16"))
+COMPILE = register_choices("perf.compile", ("none", "sampler", "first_order"))
 TERMS = ("loss_critic", "loss_sampler", "penalty", "wasserstein", "grad_norm", "regularize")
 
 
@@ -71,8 +73,8 @@ class _StopRequests:
 class ParamGroup:
     """Parameters of the sampler that train from ``start_step`` on (and are frozen before).
 
-    ``module.freeze(bool)`` is called at the switch when the module has it (a generator
-    adapter: batch-norm statistics start moving only when the generator trains).
+    A :class:`~fastmine.samplers.Freezable` module (a generator adapter) is switched by its own
+    ``freeze`` (batch-norm statistics start moving only when the generator trains).
     """
 
     name: str
@@ -84,7 +86,7 @@ class ParamGroup:
         return list(self.module.parameters())
 
     def activate(self, active: bool):
-        if hasattr(self.module, "freeze"):
+        if isinstance(self.module, Freezable):
             self.module.freeze(not active)
         else:
             self.module.requires_grad_(active)
@@ -108,6 +110,7 @@ class Trainer:
         self.rank = accelerator.process_index if accelerator else 0
         self.world = accelerator.num_processes if accelerator else 1
         self.device = torch.device(device)
+        self.hooks = check_sampler(sampler)  # the sampler's interface, checked once (fastmine.samplers)
         if cfg.perf.amp not in AMP:
             raise ValueError(f"perf.amp must be one of {', '.join(AMP)}, got {cfg.perf.amp!r}")
         self.sampler = sampler.to(self.device)
@@ -119,7 +122,8 @@ class Trainer:
         self.objective = get_objective(cfg.loss.objective)
         if self._penalty_weight() > 0:
             check_critic_for_penalty(self.critic)
-        self._sampler_fwd, self._critic_fwd = _compiled(self.sampler, self.critic, cfg.perf.compile)
+        self._sampler_fwd, self._critic_fwd = _compiled(self.sampler, self.critic, cfg.perf.compile,
+                                                         selects=self.hooks.bind_critic is not None)
         self.data = DeviceSampler(data, self.device, channels_last=self.channels_last)
         self.groups = list(groups)
         self.critic_params = [p for p in (critic_params if critic_params is not None else critic.parameters())]
@@ -128,8 +132,8 @@ class Trainer:
         trainable = {id(p) for p in self.critic_params}
         for p in self.critic.parameters():
             p.requires_grad_(id(p) in trainable)
-        if hasattr(self.sampler, "bind_critic"):  # samplers that select with the critic (multi-generator)
-            self.sampler.bind_critic(self.critic, distributed.all_reduce_sum_ if self.world > 1 else None)
+        if self.hooks.bind_critic is not None:  # samplers that select with the critic (multi-generator)
+            self.hooks.bind_critic(self.critic, distributed.all_reduce_sum_ if self.world > 1 else None)
         self.run_dir = Path(run_dir) if run_dir else None
         self.trackers = Trackers(cfg.log.trackers, self.run_dir, cfg) if self.run_dir and self.is_main else None
         self.callbacks = list(callbacks)
@@ -239,8 +243,7 @@ class Trainer:
         return torch.cat([self.augment(chunk, g) for chunk, g in zip(x.split(self.stream_batch), self.rngs)])
 
     def _generator_trains(self) -> bool:
-        generator = getattr(self.sampler, "generator", self.sampler)
-        return any(p.requires_grad for p in generator.parameters())
+        return any(p.requires_grad for p in self.hooks.generator.parameters())
 
     def _sync_grads(self, params):
         # a trainable parameter that got no gradient (the miner of a generator none of whose
@@ -430,8 +433,7 @@ class Trainer:
         with torch.no_grad():
             images = self.sampler(self.grid_seeds)
         self.sampler.train(was)
-        if hasattr(self.sampler, "visible"):  # samplers that append label channels for the critic
-            images = self.sampler.visible(images)
+        images = self.hooks.visible(images)  # without the label channels a labelled critic sees
         if not self.is_main:
             return None
         real = self.data.preview(512) if images.ndim == 2 else None
@@ -523,7 +525,7 @@ class Trainer:
                              f"train.batch_size={state['global_batch'] // self.world}")
         # the generator may be missing (written sharded) or present (written unsharded): a
         # frozen generator comes from its own file either way
-        frozen_generator = getattr(getattr(self.sampler, "generator", None), "frozen", False)
+        frozen_generator = getattr(self.hooks.generator, "frozen", False)
         sampler_state = {k[8:]: v for k, v in tensors.items() if k.startswith("sampler.")}
         distributed.load_checkpoint_state(self.sampler, sampler_state,
                                           omitted_prefix="generator." if frozen_generator else None)
@@ -553,7 +555,7 @@ class Trainer:
         return step
 
 
-def _compiled(sampler, critic, mode):
+def _compiled(sampler, critic, mode, selects=False):
     """(sampler, critic) forwards for the first-order passes, compiled per ``perf.compile``.
 
     The penalty's pass always runs the eager critic: torch.compile does not support the
@@ -565,7 +567,7 @@ def _compiled(sampler, critic, mode):
         raise ValueError(f"perf.compile must be one of {', '.join(COMPILE)}, got {mode!r}")
     if mode == "none":
         return sampler, critic
-    if hasattr(sampler, "bind_critic"):
+    if selects:  # the sampler selects candidates with the critic (SamplerHooks.bind_critic)
         raise ValueError("perf.compile compiles a single-generator sampler; the multi-generator sampler picks "
                          "candidates by the critic's scores (data-dependent shapes). Set perf.compile=none.")
     if any(distributed.is_sharded_param(p) for p in sampler.parameters()):

@@ -2,8 +2,10 @@
 from pathlib import Path
 
 import pytest
+import torch.nn.functional as F
 
-from fastmine.config import ConfigError, fill_defaults, load_config, validate
+from fastmine import augment, data, losses
+from fastmine.config import CHOICES, ConfigError, RunConfig, fill_defaults, load_config, validate
 from fastmine.methods import METHODS
 
 ROOT = Path(__file__).parent.parent
@@ -74,3 +76,36 @@ def test_a_value_out_of_range_names_its_key(override, key):
     with pytest.raises(ConfigError) as e:
         _resolved(overrides=["method=minegan_noft", override])
     assert key in str(e.value)
+
+
+def test_allowed_values_come_from_the_registries(monkeypatch):
+    """A new Objective row is a valid loss.objective with no edit to config.py, and a wrong value's
+    error lists the registry's keys, the new row among them; the same for a new augmentation."""
+    with pytest.raises(ConfigError, match="'loss.objective' must be one of wgan_gp, logistic, hinge, minimax, lsgan, "
+                                          "wgan_clip, got 'softplus_rev'"):
+        _resolved(overrides=["loss.objective=softplus_rev"])
+    row = losses.Objective(lambda d_fake, d_real: F.softplus(d_fake).mean() + F.softplus(-d_real).mean(),
+                           lambda d_fake: F.softplus(-d_fake).mean(), signed_scores=True)
+    monkeypatch.setitem(losses.OBJECTIVES, "softplus_rev", row)
+    assert _resolved(overrides=["loss.objective=softplus_rev"]).loss.objective == "softplus_rev"
+    assert losses.get_objective("softplus_rev") is row
+    with pytest.raises(ConfigError, match="must be one of wgan_gp, .*, wgan_clip, softplus_rev, got 'nope'"):
+        _resolved(overrides=["loss.objective=nope"])
+    # the row's own flags drive the rules between fields: ADA needs scores whose sign means something
+    assert _resolved(overrides=["loss.objective=softplus_rev", "augment.kind=ada"]).augment.kind == "ada"
+    with pytest.raises(ConfigError, match=r"use loss.objective=logistic \| hinge \| minimax \| softplus_rev"):
+        _resolved(overrides=["augment.kind=ada"])
+    monkeypatch.setitem(augment.AUGMENTS, "flip", augment.AugmentKind(lambda cfg: None))
+    assert _resolved(overrides=["augment.kind=flip"]).augment.kind == "flip"
+    with pytest.raises(ConfigError, match="'augment.kind' must be one of none, diffaugment, ada, flip, got 'x'"):
+        _resolved(overrides=["augment.kind=x"])
+
+
+def test_every_choice_key_names_a_config_field():
+    """Each registered table checks a real key, and the tables are the registries themselves."""
+    cfg = RunConfig()
+    for key in CHOICES:
+        section, name = key.split(".")
+        assert hasattr(getattr(cfg, section), name), key
+    assert CHOICES["loss.objective"][0] is losses.OBJECTIVES and CHOICES["augment.kind"][0] is augment.AUGMENTS
+    assert CHOICES["data.dataset"][0] is data.DATASETS

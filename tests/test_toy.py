@@ -5,6 +5,8 @@ import torch
 import toy_models
 
 import fastmine as fm
+from fastmine.config import ModelConfig
+from fastmine.data import subset_indices
 
 TARGET_MEAN = torch.tensor([2.0, -1.0])
 
@@ -98,3 +100,47 @@ def test_a_flat_setting_overrides_the_methods_default_in_its_section(tmp_path):
     u = result.sampler.draw_seeds(1000, torch.Generator().manual_seed(1))
     assert u.min() < 0 and u.max() > 1  # not U[0, 1]
     assert abs(u.mean().item()) < 0.1 and abs(u.std().item() - 1) < 0.1
+
+
+def test_a_million_sample_target_inverts_a_seeded_subset(capsys):
+    """Lee et al.'s Theorem-1 toy as a user writes it: 10^6 samples of a 4-d Gaussian handed to
+    fm.reprogram. The inversion start inverts invert.max_images of them (512 by default), chosen
+    with the run's seed, and says so; the whole target would take more than 10 minutes."""
+    gauss = torch.randn(1_000_000, 4, generator=torch.Generator().manual_seed(0)) * 0.5 + 1.0
+    G = fm.new_generator(gauss[:2], ModelConfig(arch="mlp", latent_dim=4, width=8, depth=2))
+    G.freeze(True)
+    fast = {"steps": 5, "encoder_steps": 5, "fit_steps": 5}  # the subject is how many are inverted
+    run = fm.prepare(G, gauss, method="reprogram", steps=1, progress=False, invert_cfg=fast)
+    out = capsys.readouterr().out
+    assert "miner.init=inversion: inverted 512 images" in out
+    assert "a random 512 of the target's 1000000 (invert.max_images)" in out
+    assert run.trainer.cfg.invert.max_images == 512
+    fm.prepare(G, gauss[:300], method="reprogram", steps=1, progress=False, invert_cfg={**fast, "max_images": 64})
+    assert "inverted 64 images" in capsys.readouterr().out
+    fm.prepare(G, gauss[:50], method="reprogram", steps=1, progress=False, invert_cfg=fast)
+    assert "inverted 50 images" in (out := capsys.readouterr().out) and "the whole target" in out
+
+
+def test_the_inverted_subset_is_seeded():
+    a, b, c = subset_indices(10_000, 512, 0), subset_indices(10_000, 512, 0), subset_indices(10_000, 512, 1)
+    assert len(a) == 512 == len(set(a.tolist())) and (a == b).all() and not (a == c).all()
+
+
+def test_a_users_miner_is_kept_unless_inversion_is_asked_for(capsys):
+    target = TARGET_MEAN + 0.3 * torch.randn(256, 2, generator=torch.Generator().manual_seed(0))
+    G = shift_generator()
+    torch.manual_seed(0)
+    given = toy_models.make_miner()
+    before = [p.detach().clone() for p in given.parameters()]
+    fast = {"steps": 5, "encoder_steps": 5, "fit_steps": 20}
+    run = fm.prepare(G, target, miner=given, seed_dim=3, steps=1, progress=False, invert_cfg=fast)
+    assert run.trainer.cfg.miner.init == "given" and "miner.init=inversion" not in capsys.readouterr().out
+    assert all(torch.equal(a, b) for a, b in zip(before, given.parameters()))
+    # asked for explicitly: the given miner is fitted to the inverted target, and the run says so
+    run = fm.prepare(G, target, miner=given, seed_dim=3, steps=1, progress=False, invert_cfg=fast,
+                     miner_cfg={"init": "inversion"})
+    assert run.trainer.cfg.miner.init == "inversion" and "miner.init=inversion: inverted" in capsys.readouterr().out
+    assert not all(torch.equal(a, b) for a, b in zip(before, given.parameters()))
+    with pytest.raises(fm.ConfigError, match="miner.init=given keeps a miner you pass .*, but none was given; "
+                                             "choose normal, residual or inversion"):
+        fm.prepare(G, target, steps=1, progress=False, miner_cfg={"init": "given"})

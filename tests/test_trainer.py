@@ -1,10 +1,14 @@
 """The Trainer's speed settings (perf.*) and what it hands back, built through the public
 builder (``fastmine.prepare`` / ``fastmine.mine_multi``)."""
+from pathlib import Path
+
 import pytest
 import torch
 
 import fastmine as fm
-from fastmine.config import ConfigError, ModelConfig
+from fastmine.config import ConfigError, LogConfig, LossConfig, ModelConfig, RunConfig, TrainConfig
+from fastmine.samplers import check_sampler
+from fastmine.trainer import ParamGroup, Trainer
 
 MODEL = ModelConfig(latent_dim=16, width=8)
 
@@ -55,3 +59,64 @@ def test_compile_is_refused_where_it_cannot_apply():
     with pytest.raises(ValueError, match="multi-generator sampler picks candidates"):
         fm.mine_multi([_generator(100), _generator(101)], _target(), device="cpu", batch_size=16, progress=False,
                       model_cfg=MODEL, compile="sampler")
+
+
+class _NoSeeds(torch.nn.Module):
+    """A sampler that forgot draw_seeds."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = torch.nn.Linear(4, 8)
+
+    def forward(self, seeds):
+        return self.net(seeds)
+
+
+class _NoForward(torch.nn.Module):
+    def draw_seeds(self, n, generator=None, device=None):
+        return torch.randn(n, 4, generator=generator, device=device)
+
+
+class _Plain(_NoSeeds):
+    """Has what the protocol requires and none of the optional hooks."""
+
+    def draw_seeds(self, n, generator=None, device=None):
+        return torch.randn(n, 4, generator=generator, device=device)
+
+
+def _vector_cfg():
+    return RunConfig(train=TrainConfig(steps=2, batch_size=8, n_critic=1, lr=1e-3, critic_lr=1e-3, betas=[0.5, 0.9]),
+                     loss=LossConfig(gp_weight=1.0), log=LogConfig(progress=False, log_every=1))
+
+
+@pytest.mark.parametrize("sampler,message", [
+    (_NoSeeds(), "the sampler _NoSeeds lacks draw_seeds: a sampler needs draw_seeds(n, generator, device) and "
+                 "forward(seeds) (fastmine.samplers.SamplerProtocol)"),
+    (_NoForward(), "the sampler _NoForward lacks forward: "),
+    (lambda u: u, "the sampler must be an nn.Module with draw_seeds and forward (fastmine.samplers.SamplerProtocol), "
+                  "got function"),
+])
+def test_a_sampler_missing_the_protocol_is_refused_in_one_line(sampler, message):
+    critic = torch.nn.Sequential(torch.nn.Linear(8, 1))
+    with pytest.raises(TypeError) as info:
+        Trainer(sampler, critic, torch.randn(32, 8), _vector_cfg(), [])
+    assert str(info.value).startswith(message) and "\n" not in str(info.value)
+
+
+def test_a_sampler_without_optional_hooks_trains_on_their_defaults(one_thread):
+    sampler = _Plain()
+    hooks = check_sampler(sampler)
+    assert hooks.generator is sampler and hooks.bind_critic is None
+    x = torch.randn(3, 8)
+    assert hooks.visible(x) is x
+    before = sampler.net.weight.detach().clone()
+    trainer = Trainer(sampler, torch.nn.Sequential(torch.nn.Linear(8, 1)), torch.randn(32, 8), _vector_cfg(),
+                      [ParamGroup("sampler", sampler, 0)])
+    trainer.fit()
+    assert trainer.state.step == 2 and not torch.equal(before, sampler.net.weight)
+
+
+def test_the_trainer_asks_no_sampler_what_it_has():
+    """The sampler's interface is declared (SamplerProtocol) and checked once: no hasattr probes."""
+    source = (Path(fm.__file__).parent / "trainer.py").read_text()
+    assert "hasattr(" not in source

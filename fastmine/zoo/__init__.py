@@ -30,13 +30,14 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..config import register_choices
 from ..latent import LatentSpec
 from . import stylegan2, stylegan3
 
 GENERATORS = {"stylegan2": stylegan2.Generator, "stylegan3": stylegan3.Generator}
 DISCRIMINATORS = {"stylegan2": stylegan2.Discriminator, "stylegan3": stylegan2.Discriminator}
-LATENTS = ("z", "w", "w+")
-NOISE_MODES = ("const", "random", "none")
+LATENTS = register_choices("source.latent", ("z", "w", "w+"), optional=True)
+NOISE_MODES = register_choices("source.noise_mode", ("const", "random", "none"), optional=True)
 W_STATS_SAMPLES = 10_000  # mapping samples behind w_std: its relative standard error is ~1/sqrt(2n) = 0.7 %
 
 
