@@ -116,6 +116,8 @@ class LossConfig:
     gp_every: int = 1                # lazy regularisation: penalty every k-th critic step, scaled by k
     r1_gamma: float = 10.0           # logistic: γ of R1 = γ/2·E‖∇_x D(x)‖² on real images (0: off)
     r1_every: int = 16               # lazy R1 (StyleGAN2 §B): every k-th critic step, scaled by k
+    reg_step: str = "separate"       # lazy penalty as its own optimizer step with lr·k/(k+1), betas^(k/(k+1))
+                                     # (StyleGAN2's Dreg phase) | joined (added to that step's loss, no correction)
     clip: float = 0.01               # wgan_clip: critic weights clipped to [-clip, clip] after each step
     spectral_norm: bool = False      # spectral normalisation of the critic's weights (SNGAN)
 
@@ -148,6 +150,10 @@ class PerfConfig:
     channels_last: Optional[bool] = None  # None: on for the CPU (measured faster there), off on CUDA (not yet measured)
     fused_adam: bool = False
     compile: str = "none"            # none | sampler | first_order (sampler and the critic's loss passes)
+    fp16_layers: str = "auto"        # StyleGAN float16 layers (num_fp16_res): auto (float16 on CUDA, as NVIDIA's
+                                     # code) | on (float16 on any device) | off (float32 everywhere)
+    joint_critic: str = "auto"       # real and fake in one critic pass: auto (CUDA, critics with independent
+                                     # rows) | on (refused for a batch-mixing critic) | off
 
 
 @dataclass

@@ -32,6 +32,7 @@ from torch import nn
 
 from ..latent import LatentSpec
 from . import stylegan2, stylegan3
+from .stylegan2 import FP16_LAYERS, set_fp16_layers  # noqa: F401 (perf.fp16_layers, set by the trainer)
 
 GENERATORS = {"stylegan2": stylegan2.Generator, "stylegan3": stylegan3.Generator}
 DISCRIMINATORS = {"stylegan2": stylegan2.Discriminator, "stylegan3": stylegan2.Discriminator}
@@ -172,6 +173,10 @@ class StyleGANCritic(nn.Module):
     terms rather than a per-sample slope. Build with ``mbstd_group_size=1`` (the statistic is
     then zero and constant) for a strictly per-sample penalty.
     """
+
+    # declared independent; fastmine.nets.rows_independent still finds a minibatch-std layer of
+    # groups larger than one inside and then scores real and fake images apart
+    rows_independent = True
 
     def __init__(self, family: str, kwargs: dict):
         super().__init__()
