@@ -146,6 +146,8 @@ class RegularizeConfig:
 class PerfConfig:
     """Speed switches; each is measured on its own in benchmarks/RESULTS.md."""
     impl: str = "auto"               # kernels: auto (Triton on CUDA) | triton | torch
+    threads: Optional[int] = None    # torch CPU threads; None: the CPUs this process may use (affinity mask
+                                     # ∩ cgroup quota) or OMP_NUM_THREADS when set (fastmine.threads)
     amp: str = "none"                # none | bf16 (generator and the critic's loss passes; the penalty's stays fp32)
     channels_last: Optional[bool] = None  # None: on for the CPU (measured faster there), off on CUDA (not yet measured)
     fused_adam: bool = False
@@ -528,6 +530,10 @@ def validate(cfg: RunConfig) -> RunConfig:
     _choice(cfg, "perf.impl", ("auto", "triton", "torch"))
     _choice(cfg, "perf.amp", ("none", "bf16"))
     _choice(cfg, "perf.compile", ("none", "sampler", "first_order"))
+    _choice(cfg, "perf.joint_critic", ("auto", "on", "off"))
+    _choice(cfg, "perf.fp16_layers", ("auto", "on", "off"))
+    _choice(cfg, "loss.reg_step", ("separate", "joined"))
+    _positive(cfg, "perf.threads")
     _choice(cfg, "multi.rule", ("permute", "max"))
     _choice(cfg, "multi.path", ("fast", "naive"))
     _choice(cfg, "dist.shard", ("none", "fsdp2", "zero3", "auto"))

@@ -45,6 +45,7 @@ from .multi import MultiSampler, selector_log
 from .nets import build_critic, build_generator, reinitialize
 from .samplers import GeneratorAdapter, Sampler
 from .sparse import apply_s3
+from .threads import apply_threads
 from .trainer import ParamGroup, Trainer
 
 
@@ -137,6 +138,9 @@ def prepare(cfg: RunConfig, inputs: Inputs | None = None, *, resume=False, resta
         cfg, changed = reconcile_resume(load_config(stored), cfg)
     method = get_method(cfg.method)
     validate(fill_defaults(cfg, method))
+    threads = apply_threads(cfg.perf.threads)  # every entry point (CLI, Python, demo) builds its runs here
+    if distributed.rank() == 0:
+        print(threads)
     inputs = inputs or Inputs()
     if accelerator is None:  # launched by torchrun / accelerate launch: one process group, this rank's device
         accelerator = distributed.setup(cfg.dist, cfg.device)
