@@ -117,6 +117,8 @@ class LossConfig:
     gp_every: int = 1                # lazy regularisation: penalty every k-th critic step, scaled by k
     r1_gamma: float = 10.0           # logistic: γ of R1 = γ/2·E‖∇_x D(x)‖² on real images (0: off)
     r1_every: int = 16               # lazy R1 (StyleGAN2 §B): every k-th critic step, scaled by k
+    reg_step: str = "separate"       # lazy penalty as its own optimizer step with lr·k/(k+1), betas^(k/(k+1))
+                                     # (StyleGAN2's Dreg phase) | joined (added to that step's loss, no correction)
     clip: float = 0.01               # wgan_clip: critic weights clipped to [-clip, clip] after each step
     spectral_norm: bool = False      # spectral normalisation of the critic's weights (SNGAN)
 
@@ -145,10 +147,16 @@ class RegularizeConfig:
 class PerfConfig:
     """Speed switches; each is measured on its own in benchmarks/RESULTS.md."""
     impl: str = "auto"               # kernels: auto (Triton on CUDA) | triton | torch
+    threads: Optional[int] = None    # torch CPU threads; None: the CPUs this process may use (affinity mask
+                                     # ∩ cgroup quota) or OMP_NUM_THREADS when set (fastmine.threads)
     amp: str = "none"                # none | bf16 (generator and the critic's loss passes; the penalty's stays fp32)
     channels_last: Optional[bool] = None  # None: on for the CPU (measured faster there), off on CUDA (not yet measured)
     fused_adam: bool = False
     compile: str = "none"            # none | sampler | first_order (sampler and the critic's loss passes)
+    fp16_layers: str = "auto"        # StyleGAN float16 layers (num_fp16_res): auto (float16 on CUDA, as NVIDIA's
+                                     # code) | on (float16 on any device) | off (float32 everywhere)
+    joint_critic: str = "auto"       # real and fake in one critic pass: auto (CUDA, critics with independent
+                                     # rows) | on (refused for a batch-mixing critic) | off
 
 
 @dataclass
@@ -547,6 +555,7 @@ def validate(cfg: RunConfig) -> RunConfig:
         raise ConfigError(f"data.limit must be at least 1 (or null for all), got {cfg.data.limit}")
     if cfg.dist.streams is not None and cfg.dist.streams < 1:
         raise ConfigError(f"dist.streams must be at least 1 (or null), got {cfg.dist.streams}")
+    _positive(cfg, "perf.threads")
     unknown = [n for n in cfg.log.trackers or () if n not in LOGGER_TYPE_TO_CLASS]
     if unknown:
         raise ConfigError(f"log.trackers: unknown tracker(s) {unknown}; Accelerate knows "

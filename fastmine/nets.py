@@ -47,6 +47,8 @@ class DCGANGenerator(nn.Module):
 class DCGANCritic(nn.Module):
     """Strided convs down to 4x4, then a linear score. No batch norm (see gradient penalty)."""
 
+    rows_independent = True  # each score depends on its own image alone (see rows_independent)
+
     def __init__(self, image_size=16, channels=1, width=64):
         super().__init__()
         n_down = _check_size(image_size)
@@ -75,6 +77,8 @@ class MLPGenerator(nn.Module):
 
 
 class MLPCritic(nn.Module):
+    rows_independent = True
+
     def __init__(self, in_dim=2, width=64, depth=3):
         super().__init__()
         self.blocks = _mlp(in_dim, width, 1, depth, lambda: nn.LeakyReLU(0.2))  # FreezeD freezes the leading ones
@@ -98,6 +102,19 @@ def _norm(kind, channels):
     if kind == "none":
         return nn.Identity()
     raise ValueError(f"unknown generator norm {kind!r}; use 'batch' or 'none'")
+
+
+def rows_independent(critic: nn.Module) -> bool:
+    """Whether the critic's score of each row depends on that row alone, so that real and fake
+    images may share one batch (the trainer's joint pass, ``perf.joint_critic``).
+
+    The critic declares it (a ``rows_independent`` attribute; a critic that says nothing is taken
+    to mix rows), and no layer inside may mix the rows of a batch: batch norm (its batch
+    statistics in training) or a layer declaring ``mixes_rows`` (StyleGAN's minibatch std)."""
+    if not getattr(critic, "rows_independent", False):
+        return False
+    return not any(isinstance(m, nn.modules.batchnorm._BatchNorm) or getattr(m, "mixes_rows", False)
+                   for m in critic.modules())
 
 
 def build_generator(arch: dict) -> nn.Module:

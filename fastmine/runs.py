@@ -45,6 +45,7 @@ from .multi import MultiSampler, selector_log
 from .nets import build_critic, build_generator, reinitialize
 from .samplers import GeneratorAdapter, Sampler
 from .sparse import apply_s3
+from .threads import apply_threads
 from .trainer import ParamGroup, Trainer
 
 
@@ -140,6 +141,9 @@ def prepare(cfg: RunConfig, inputs: Inputs | None = None, *, resume=False, resta
     if cfg.miner.init is None and (cfg.miner.module or inputs.miners and all(m is not None for m in inputs.miners)):
         cfg.miner.init = "given"  # a miner the user passed keeps its weights unless miner.init says otherwise
     validate(fill_defaults(cfg, method))
+    threads = apply_threads(cfg.perf.threads)  # every entry point (CLI, Python, demo) builds its runs here
+    if distributed.rank() == 0:
+        print(threads)
     if accelerator is None:  # launched by torchrun / accelerate launch: one process group, this rank's device
         accelerator = distributed.setup(cfg.dist, cfg.device)
     device = str(accelerator.device) if accelerator is not None and cfg.device == "auto" else resolve_device(cfg.device)

@@ -25,19 +25,22 @@ from PIL import Image
 from torch import nn
 from tqdm.auto import tqdm
 
-from . import distributed
+from . import distributed, zoo
 from .augment import build_augment
 from .config import register_choices
 from .data import DeviceSampler
 from .files import atomic_save_safetensors, atomic_torch_save, atomic_write_text, read_file
 from .images import save_grid
 from .losses import check_critic_for_penalty, clip_weights, get_objective, gradient_penalty, r1_penalty
+from .nets import rows_independent
 from .regularizers import build_regularizers
 from .samplers import Freezable, check_sampler
 from .trackers import Trackers
 
 AMP = register_choices("perf.amp", ("none", "bf16"))
 COMPILE = register_choices("perf.compile", ("none", "sampler", "first_order"))
+JOINT_CRITIC = register_choices("perf.joint_critic", ("auto", "on", "off"))
+REG_STEPS = register_choices("loss.reg_step", ("separate", "joined"))
 TERMS = ("loss_critic", "loss_sampler", "penalty", "wasserstein", "grad_norm", "regularize")
 
 
@@ -113,8 +116,8 @@ class Trainer:
         self.hooks = check_sampler(sampler)  # the sampler's interface, checked once (fastmine.samplers)
         if cfg.perf.amp not in AMP:
             raise ValueError(f"perf.amp must be one of {', '.join(AMP)}, got {cfg.perf.amp!r}")
-        self.sampler = sampler.to(self.device)
-        self.critic = critic.to(self.device)
+        self.sampler = zoo.set_fp16_layers(sampler.to(self.device), cfg.perf.fp16_layers)
+        self.critic = zoo.set_fp16_layers(critic.to(self.device), cfg.perf.fp16_layers)
         self.channels_last = _resolve_channels_last(cfg.perf.channels_last, self.device)
         if self.channels_last:  # 4-d weights and images in NHWC: what cuDNN / oneDNN convolutions prefer
             _to_channels_last(self.sampler)
@@ -150,16 +153,23 @@ class Trainer:
             distributed.broadcast_params_(list(self.critic.parameters()) + [p for g in self.groups for p in g.params()])
         grid_gen = torch.Generator(self.device).manual_seed(seed + 12345)
         self.grid_seeds = sampler.draw_seeds(cfg.log.grid_size, grid_gen, self.device)
-        # lazy regularisation (StyleGAN2 §B): the penalty every k-th critic step, scaled by k,
-        # with Adam's lr and betas adjusted so the overall step size is unchanged
+        self.joint_critic = _resolve_joint_critic(cfg.perf.joint_critic, self.critic, self.device)
+        # lazy regularisation (StyleGAN2 App. B): the penalty every k-th critic step, scaled by k.
+        # reg_step=separate takes it as an optimizer step of its own (stylegan2-ada's Dreg phase,
+        # which shares the Dmain optimizer), so k minibatches make k + 1 steps: Adam's lr × c and
+        # betas ** c, c = k/(k+1) (the official mb_ratio), keep the step size per minibatch.
+        # reg_step=joined adds it to the loss of the step it falls on: no extra step, no correction.
+        if cfg.loss.reg_step not in REG_STEPS:
+            raise ValueError(f"loss.reg_step must be one of {', '.join(REG_STEPS)}, got {cfg.loss.reg_step!r}")
         k = self._penalty_every()
-        c = k / (k + 1) if k > 1 else 1.0
-        betas = tuple(b**c for b in cfg.train.betas)
+        self.separate_penalty = cfg.loss.reg_step == "separate" and k > 1 and self._penalty_weight() > 0
+        c = k / (k + 1) if self.separate_penalty else 1.0
+        betas = tuple(float(b) ** c for b in cfg.train.betas)  # float: torch's Adam refuses betas=(0, 0.99)
         fused = {"fused": True} if cfg.perf.fused_adam else {}
         self.opt_critic = torch.optim.Adam(self.critic_params, lr=cfg.train.critic_lr * c, betas=betas, **fused)
         self.opt_sampler = torch.optim.Adam(
             [{"params": g.params(), "lr": g.lr or cfg.train.lr} for g in self.groups], lr=cfg.train.lr,
-            betas=tuple(cfg.train.betas),
+            betas=tuple(map(float, cfg.train.betas)),
             **fused)
         # augmentation of every critic input, and regularizers of the sampler's loss (fastmine.augment,
         # fastmine.regularizers): their state (ADA's p, EWC's Fisher, CDC's source copy) is checkpointed
@@ -277,37 +287,43 @@ class Trainer:
         real, fake = self._augmented(real), self._augmented(fake)
         critic = self._critic_fwd  # the loss passes are first order: compiled with perf.compile=first_order
         with self._autocast():
-            if self.device.type == "cuda":  # one pass, half the launches (no batch norm: rows are independent)
-                scores = _at_least_fp32(critic(torch.cat([real, fake])))
-                d_real, d_fake = scores[:B], scores[B:]
-            else:  # oneDNN's convolution backward is slower at 2B than twice at B (benchmarks/RESULTS.md)
-                d_real, d_fake = _at_least_fp32(critic(real)), _at_least_fp32(critic(fake))
+            d_real, d_fake = critic_scores(critic, real, fake, self.joint_critic)
         loss = self.objective.critic(d_fake, d_real)
         self._track("wasserstein", d_real.mean() - d_fake.mean(), step)
         if self.augment is not None:
             self.augment.observe(d_real)  # ADA's r_t: the mean over every process (same p on each)
             self.augment.adjust(B * self.world, all_reduce=distributed.all_reduce_sum_ if self.world > 1 else None)
         weight, every = self._penalty_weight(), self._penalty_every()
-        if weight > 0 and critic_iter % every == 0:
-            if self.objective.penalty == "r1":
-                penalty, grad_norm = r1_penalty(self.critic, real, gamma=weight * every, impl=cfg.perf.impl)
-            else:
-                eps = self._draw(lambda n, g: torch.rand(n, generator=g, device=self.device))
-                penalty, grad_norm = gradient_penalty(
-                    self.critic, real, fake, weight=weight * every, center=cfg.loss.gp_center,
-                    one_sided=cfg.loss.gp_one_sided, eps=eps, impl=cfg.perf.impl)
-            loss = loss + penalty
-            self._track("penalty", penalty, step)
-            self._track("grad_norm", grad_norm, step)
-            self.state.stats["n_penalty"] += 1
+        lazy = weight > 0 and critic_iter % every == 0
+        if lazy and not self.separate_penalty:
+            loss = loss + self._penalty(real, fake, weight * every, step)
         self._track("loss_critic", loss, step)
         self.state.stats["n_critic"] += 1
+        self._critic_update(loss)
+        if lazy and self.separate_penalty:  # the Dreg phase: after Dmain, on its updated weights, its own step
+            self._critic_update(self._penalty(real, fake, weight * every, step))
+
+    def _penalty(self, real, fake, weight, step):
+        cfg = self.cfg
+        if self.objective.penalty == "r1":
+            penalty, grad_norm = r1_penalty(self.critic, real, gamma=weight, impl=cfg.perf.impl)
+        else:
+            eps = self._draw(lambda n, g: torch.rand(n, generator=g, device=self.device))
+            penalty, grad_norm = gradient_penalty(
+                self.critic, real, fake, weight=weight, center=cfg.loss.gp_center,
+                one_sided=cfg.loss.gp_one_sided, eps=eps, impl=cfg.perf.impl)
+        self._track("penalty", penalty, step)
+        self._track("grad_norm", grad_norm, step)
+        self.state.stats["n_penalty"] += 1
+        return penalty
+
+    def _critic_update(self, loss):
         self.opt_critic.zero_grad(set_to_none=True)
         loss.backward()
         self._sync_grads(self.critic_params)
         self.opt_critic.step()
         if self.objective.clip:
-            clip_weights(self.critic_params, cfg.loss.clip)
+            clip_weights(self.critic_params, self.cfg.loss.clip)
 
     def sampler_step(self, step):
         for p in self.critic_params:
@@ -575,6 +591,33 @@ def _compiled(sampler, critic, mode, selects=False):
                          "in hooks). Set perf.compile=none or dist.shard=none.")
     compiled_critic = torch.compile(critic, dynamic=False) if mode == "first_order" else critic
     return torch.compile(sampler, dynamic=False), compiled_critic
+
+
+def critic_scores(critic, real, fake, joint: bool):
+    """(D(real), D(fake)) in at least float32: one pass over cat([real, fake]) when ``joint`` (half the
+    launches; only for a critic whose rows are independent), else a pass per kind, as NVIDIA's
+    loss.py scores a batch-mixing (minibatch-std) discriminator."""
+    if joint:
+        scores = _at_least_fp32(critic(torch.cat([real, fake])))
+        return scores[: len(real)], scores[len(real):]
+    return _at_least_fp32(critic(real)), _at_least_fp32(critic(fake))
+
+
+def _resolve_joint_critic(setting, critic, device) -> bool:
+    """``perf.joint_critic``: score real and fake in one cat([real, fake]) pass. Only a critic
+    whose rows are independent may (fastmine.nets.rows_independent): a minibatch-std layer would
+    group real with fake images. auto: on for CUDA (half the launches), off on the CPU, where
+    oneDNN's convolution backward was slower at 2B than twice at B (benchmarks/RESULTS.md)."""
+    if setting not in JOINT_CRITIC:
+        raise ValueError(f"perf.joint_critic must be one of {', '.join(JOINT_CRITIC)}, got {setting!r}")
+    independent = rows_independent(critic)
+    if setting == "on" and not independent:
+        raise ValueError(f"perf.joint_critic=on, but the critic {type(critic).__name__} mixes the rows of a batch "
+                         "(minibatch std or batch norm): real and fake would score each other. Set "
+                         "perf.joint_critic=auto or off.")
+    if setting == "auto":
+        return independent and device.type == "cuda"
+    return setting == "on"
 
 
 def _resolve_channels_last(setting, device):

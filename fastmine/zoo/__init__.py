@@ -33,11 +33,13 @@ from torch import nn
 from ..config import register_choices
 from ..latent import LatentSpec
 from . import stylegan2, stylegan3
+from .stylegan2 import FP16_LAYERS, set_fp16_layers  # noqa: F401 (set_fp16_layers: used by the trainer)
 
 GENERATORS = {"stylegan2": stylegan2.Generator, "stylegan3": stylegan3.Generator}
 DISCRIMINATORS = {"stylegan2": stylegan2.Discriminator, "stylegan3": stylegan2.Discriminator}
 LATENTS = register_choices("source.latent", ("z", "w", "w+"), optional=True)
 NOISE_MODES = register_choices("source.noise_mode", ("const", "random", "none"), optional=True)
+register_choices("perf.fp16_layers", FP16_LAYERS)
 W_STATS_SAMPLES = 10_000  # mapping samples behind w_std: its relative standard error is ~1/sqrt(2n) = 0.7 %
 
 
@@ -173,6 +175,10 @@ class StyleGANCritic(nn.Module):
     terms rather than a per-sample slope. Build with ``mbstd_group_size=1`` (the statistic is
     then zero and constant) for a strictly per-sample penalty.
     """
+
+    # declared independent; fastmine.nets.rows_independent still finds a minibatch-std layer of
+    # groups larger than one inside and then scores real and fake images apart
+    rows_independent = True
 
     def __init__(self, family: str, kwargs: dict):
         super().__init__()

@@ -52,9 +52,27 @@ def _check_resolution(img_resolution, minimum: int) -> None:
                          f"got {img_resolution!r}")
 
 
-def _compute_dtype(use_fp16: bool, force_fp32: bool, like: torch.Tensor, base: torch.dtype) -> torch.dtype:
-    """float16 for a float16 layer on CUDA, else the parameters' dtype (float16 kernels are CUDA's)."""
-    return torch.float16 if use_fp16 and not force_fp32 and like.device.type == "cuda" else base
+FP16_LAYERS = ("auto", "on", "off")
+
+
+def _compute_dtype(use_fp16: bool, force_fp32: bool, like: torch.Tensor, base: torch.dtype,
+                   fp16_layers: str = "auto") -> torch.dtype:
+    """float16 for a float16 layer: on CUDA with ``fp16_layers=auto`` (the official rule: its float16
+    kernels are CUDA's), on any device with ``on`` (the float16 path checked on a CPU), never with
+    ``off``; else the parameters' dtype."""
+    if not use_fp16 or force_fp32 or fp16_layers == "off":
+        return base
+    return torch.float16 if fp16_layers == "on" or like.device.type == "cuda" else base
+
+
+def set_fp16_layers(module: nn.Module, mode: str) -> nn.Module:
+    """``perf.fp16_layers`` on every float16-capable layer of ``module`` (StyleGAN2 / StyleGAN3 blocks)."""
+    if mode not in FP16_LAYERS:
+        raise ValueError(f"perf.fp16_layers must be one of {', '.join(FP16_LAYERS)}, got {mode!r}")
+    for m in module.modules():
+        if hasattr(m, "use_fp16"):
+            m.fp16_layers = mode
+    return module
 
 
 def _memory_format(channels_last: bool) -> torch.memory_format:
@@ -322,6 +340,8 @@ class _ResolutionBlock(nn.Module):
     """What a synthesis block and a discriminator block share: their settings, the FIR filter they
     resample with, and the dtype and memory format they compute in."""
 
+    fp16_layers = "auto"  # perf.fp16_layers (set_fp16_layers)
+
     def __init__(self, in_channels, resolution, img_channels, architecture, resample_filter, use_fp16,
                  fp16_channels_last):
         super().__init__()
@@ -336,7 +356,7 @@ class _ResolutionBlock(nn.Module):
 
     def _dtype_and_format(self, force_fp32, like, base):
         """(dtype, memory format) of this call; channels_last only pays off for float16 kernels."""
-        dtype = _compute_dtype(self.use_fp16, force_fp32, like, base)
+        dtype = _compute_dtype(self.use_fp16, force_fp32, like, base, self.fp16_layers)
         return dtype, _memory_format(self.channels_last and dtype == torch.float16)
 
     def extra_repr(self):
@@ -592,6 +612,11 @@ class MinibatchStdLayer(nn.Module):
         y = (y + 1e-8).sqrt().mean(dim=[2, 3, 4])
         y = y.reshape(-1, f, 1, 1).repeat(g, 1, h, w)
         return torch.cat([x, y], dim=1)
+
+    @property
+    def mixes_rows(self) -> bool:
+        """A group of more than one sample mixes rows (fastmine.nets.rows_independent)."""
+        return self.group_size != 1 and self.num_channels > 0
 
     def extra_repr(self):
         return f"group_size={self.group_size}, num_channels={self.num_channels}"

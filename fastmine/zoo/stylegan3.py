@@ -40,7 +40,7 @@ import torch
 from torch import nn
 
 from . import ops
-from .stylegan2 import FullyConnectedLayer, MappingNetwork
+from .stylegan2 import FullyConnectedLayer, MappingNetwork, _compute_dtype
 
 NOISE_MODES = ("random", "const", "none")
 # The official networks_stylegan3.MappingNetwork's keywords and defaults; stylegan2's MappingNetwork
@@ -175,6 +175,8 @@ class SynthesisLayer(nn.Module):
     higher one; the final ToRGB layer is a 1x1 modulated convolution without demodulation, filters or
     non-linearity."""
 
+    fp16_layers = "auto"  # perf.fp16_layers (stylegan2.set_fp16_layers)
+
     def __init__(self, w_dim: int, is_torgb: bool, is_critically_sampled: bool, use_fp16: bool,
                  in_channels: int, out_channels: int, in_size, out_size,
                  in_sampling_rate: float, out_sampling_rate: float, in_cutoff: float, out_cutoff: float,
@@ -249,7 +251,7 @@ class SynthesisLayer(nn.Module):
         styles = self.affine(w)
         if self.is_torgb:
             styles = styles * (1 / math.sqrt(self.in_channels * self.conv_kernel ** 2))
-        dtype = torch.float16 if self.use_fp16 and not force_fp32 and x.device.type == "cuda" else torch.float32
+        dtype = _compute_dtype(self.use_fp16, force_fp32, x, torch.float32, self.fp16_layers)
         # input_gain scales the output of a demodulated convolution, so it goes on x, not into the styles
         x = ops.modulated_conv2d(x.to(dtype) * input_gain.to(dtype), self.weight, styles, padding=self.conv_kernel - 1,
                                  demodulate=not self.is_torgb)
