@@ -21,12 +21,10 @@ in them (an NVIDIA pickle, a rosinality checkpoint) are rebuilt from fastmine's 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import importlib
 import json
 import os
 import re
-import shutil
 import struct
 import warnings
 from dataclasses import dataclass
@@ -630,56 +628,6 @@ def atomic_write_text(path, text):
     tmp = _tmp_name(Path(path))
     tmp.write_text(text)
     _publish(tmp, Path(path))
-
-
-def remove_stale_temps(folder) -> list:
-    """Delete the temporary files of writes that were killed before their rename (call only
-    while holding the folder's :class:`RunLock`: then no live writer owns one)."""
-    removed = []
-    for p in Path(folder).rglob(f".*{TMP_MARK}*"):
-        if p.is_file():
-            p.unlink(missing_ok=True)
-            removed.append(p)
-    return removed
-
-
-def clear_folder(folder, keep=(".lock",)):
-    """Delete everything in ``folder`` but ``keep`` (a run restarted from scratch)."""
-    for p in Path(folder).iterdir():
-        if p.name in keep:
-            continue
-        if p.is_dir() and not p.is_symlink():
-            shutil.rmtree(p)
-        else:
-            p.unlink()
-
-
-class RunFolderBusy(RuntimeError):
-    pass
-
-
-class RunLock:
-    """One writer per run folder: an advisory lock on ``FOLDER/.lock`` (holding the writer's
-    pid) for the life of the run. The kernel drops it when the process dies, however it dies."""
-
-    def __init__(self, folder):
-        self.path = Path(folder) / ".lock"
-        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
-        try:
-            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.read(self.fd, 32).decode(errors="replace").strip() or "?"
-            os.close(self.fd)
-            raise RunFolderBusy(f"run folder {str(Path(folder))!r} is in use by process {holder} (it holds "
-                                f"{self.path.name}); wait for it to finish or stop it first") from None
-        os.ftruncate(self.fd, 0)
-        os.write(self.fd, str(os.getpid()).encode())
-
-    def release(self):
-        if self.fd is not None:
-            fcntl.flock(self.fd, fcntl.LOCK_UN)
-            os.close(self.fd)
-            self.fd = None
 
 
 def _sampler_entry(s: Sampler) -> dict:

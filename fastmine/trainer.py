@@ -32,6 +32,7 @@ from .files import atomic_save_safetensors, atomic_torch_save, atomic_write_text
 from .images import save_grid
 from .losses import check_critic_for_penalty, clip_weights, get_objective, gradient_penalty, r1_penalty
 from .regularizers import build_regularizers
+from .runfolder import global_batch_problem
 from .trackers import Trackers
 
 AMP = ("none", "bf16")
@@ -516,11 +517,9 @@ class Trainer:
                 _truncate_metrics(self.run_dir / "metrics.jsonl", 0)
             return 0
         step, tensors, state = found
-        global_batch = self.cfg.train.batch_size * self.world
-        if state.get("global_batch", global_batch) != global_batch:
-            raise ValueError(f"the run trained with a global batch of {state['global_batch']} (train.batch_size × "
-                             f"processes), this resume would use {global_batch}: with {self.world} process(es) set "
-                             f"train.batch_size={state['global_batch'] // self.world}")
+        problem = global_batch_problem(state.get("global_batch"), self.cfg.train.batch_size, self.world)
+        if problem:
+            raise ValueError(problem)
         # the generator may be missing (written sharded) or present (written unsharded): a
         # frozen generator comes from its own file either way
         frozen_generator = getattr(getattr(self.sampler, "generator", None), "frozen", False)
