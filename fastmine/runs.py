@@ -34,9 +34,9 @@ from .data import describe, load_data, load_digits, load_image_folder, make_targ
 from .files import (
     atomic_write_text,
     build_module,
+    call_factory,
     critic_build_of,
     has_critic,
-    import_object,
     load_critic,
     load_generator,
     load_sampler,
@@ -271,7 +271,7 @@ def load_source(spec, cfg: RunConfig) -> GeneratorAdapter:
 
 def make_miner(cfg: RunConfig, latent_spec, given=None) -> nn.Module:
     if given is None and cfg.miner.module:
-        given = import_object(cfg.miner.module)()  # the user named this code in the config (miner.module)
+        given = call_factory(cfg.miner.module, {})  # the user named this code in this invocation (miner.module)
     if given is not None:
         return given
     m = cfg.miner
