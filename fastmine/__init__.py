@@ -33,6 +33,7 @@ from .inversion import Inversion
 from .latent import Latent, LatentSpec
 from .miner import Miner
 from .multi import MultiSampler
+from .runfolder import RunFolderError, RunFolderExists
 from .runs import Result, Run, new_generator
 from .samplers import GeneratorAdapter, Sampler
 from .trainer import NonFiniteLossError
@@ -44,5 +45,5 @@ __all__ = [
     "load_digits", "load_image_folder", "load_tensor_file", "Scorer", "evaluate_run", "evaluate_sampler",
     "UntrustedCodeError", "load_any", "load_critic", "load_generator", "load_sampler", "register_factory",
     "save_sampler", "Latent", "LatentSpec", "Miner", "MultiSampler", "Result", "Run", "new_generator",
-    "GeneratorAdapter", "Sampler", "NonFiniteLossError",
+    "GeneratorAdapter", "Sampler", "NonFiniteLossError", "RunFolderError", "RunFolderExists",
 ]

@@ -88,7 +88,7 @@ def make_config(method: str, settings: dict, config=None, run_dir=None, target=N
 
 
 def prepare(generator, target, *, method="minegan_noft", critic=None, miner=None, run_dir=None, resume=False,
-            callbacks=(), accelerator=None, config=None, **settings) -> Run:
+            restart=False, callbacks=(), accelerator=None, config=None, **settings) -> Run:
     """Build (not train) a single-generator method on ``target`` from ``generator``.
 
     generator: a :class:`GeneratorAdapter`, a path or factory for :func:`load_generator`, a
@@ -96,6 +96,8 @@ def prepare(generator, target, *, method="minegan_noft", critic=None, miner=None
         "scratch" (a fresh project generator sized for the data).
     target: a tensor [N, ...], an image folder, or a function ``f(n)`` / ``f(n, generator)``
         drawing n samples of an unbounded target.
+    run_dir: the run folder (None: nothing written); an existing run there is continued with
+        ``resume=True`` or replaced with ``restart=True`` (else :class:`RunFolderExists`).
     miner: None (a fastmine :class:`Miner` from the ``miner`` settings) or your own module
         mapping seeds [N, seed_dim] to the latent(s) (give ``seed_dim=d``).
     critic: an ``nn.Module``, a file holding one, or None (the critic stored with the
@@ -107,7 +109,7 @@ def prepare(generator, target, *, method="minegan_noft", critic=None, miner=None
     cfg = make_config(method, settings, config, run_dir, target)
     inputs = Inputs(target=target, generators=None if generator is None else [generator], critic=critic,
                     miners=None if miner is None else [miner])
-    return prepare_run(cfg, inputs, resume=resume, callbacks=callbacks, write=run_dir is not None,
+    return prepare_run(cfg, inputs, resume=resume, restart=restart, callbacks=callbacks, write=run_dir is not None,
                        accelerator=accelerator)
 
 
@@ -136,34 +138,37 @@ def finetune(mined, target, trust_code=False, **kwargs) -> Result:
     return train(mined, target, method="finetune", trust_code=trust_code, **kwargs)
 
 
-def mine_multi(generators, target, *, critic=None, miner=None, run_dir=None, resume=False, callbacks=(),
-               accelerator=None, config=None, **settings) -> Result:
+def mine_multi(generators, target, *, critic=None, miner=None, run_dir=None, resume=False, restart=False,
+               callbacks=(), accelerator=None, config=None, **settings) -> Result:
     """MineGAN(multi) (eq. 5-10): one miner per frozen generator (``miner``: your own modules,
     one per generator), critic-max selection of supersamples, the selector π
     (``result.selector_probs``). Settings as for :func:`prepare`, plus ``rule``, ``window``."""
     cfg = make_config("minegan_multi", settings, config, run_dir, target)
     inputs = Inputs(target=target, generators=list(generators), critic=critic, miners=miner)
-    return prepare_run(cfg, inputs, resume=resume, callbacks=callbacks, write=run_dir is not None,
+    return prepare_run(cfg, inputs, resume=resume, restart=restart, callbacks=callbacks, write=run_dir is not None,
                        accelerator=accelerator).fit()
 
 
-def fuse(generators, *, critic=None, run_dir=None, resume=False, callbacks=(), config=None, **settings) -> Result:
+def fuse(generators, *, critic=None, run_dir=None, resume=False, restart=False, callbacks=(), config=None,
+         **settings) -> Result:
     """Fusion (§4.2): ``generators`` into one generator conditioned through its prior; the
     result's sampler draws from its mixture of regions and mines like any generator.
     Settings as for :func:`prepare`, plus ``spacing``, ``sigma``, ``label_critic``, ``init_from``."""
     cfg = make_config("fuse", settings, config, run_dir)
     inputs = Inputs(generators=list(generators), critic=critic)
-    return prepare_run(cfg, inputs, resume=resume, callbacks=callbacks, write=run_dir is not None).fit()
+    return prepare_run(cfg, inputs, resume=resume, restart=restart, callbacks=callbacks,
+                       write=run_dir is not None).fit()
 
 
-def pretrain_conditional(images, labels, *, run_dir=None, callbacks=(), config=None, **settings) -> Result:
+def pretrain_conditional(images, labels, *, run_dir=None, restart=False, callbacks=(), config=None,
+                         **settings) -> Result:
     """A class-conditional source GAN (§4.1) on (images, labels), e.g. from
     ``fm.load_digits(size=8, return_labels=True)``; ``result.sampler.generator`` is ready for
     conditional mining (``fm.mine``), its file loads with :func:`load_generator`. Settings as
     for :func:`prepare`, plus ``latent_dim``, ``embed_dim``, ``width``, ``num_classes``."""
     cfg = make_config("pretrain_conditional", settings, config, run_dir, images)
     inputs = Inputs(target=images, labels=labels)
-    return prepare_run(cfg, inputs, callbacks=callbacks, write=run_dir is not None).fit()
+    return prepare_run(cfg, inputs, restart=restart, callbacks=callbacks, write=run_dir is not None).fit()
 
 
 def invert(generator, images, *, features="auto", seed=0, device=None, progress=True, config=None,
@@ -191,6 +196,6 @@ def generator_output_size(generator) -> int:
         return int(adapter(latents).shape[-1])
 
 
-def run(cfg: RunConfig, resume=False, callbacks=()) -> Result:
+def run(cfg: RunConfig, resume=False, restart=False, callbacks=()) -> Result:
     """Run what a :class:`RunConfig` describes, any method (what every CLI training command does)."""
-    return prepare_run(cfg, resume=resume, callbacks=callbacks).fit()
+    return prepare_run(cfg, resume=resume, restart=restart, callbacks=callbacks).fit()

@@ -16,8 +16,11 @@ Two kinds of file:
 from __future__ import annotations
 
 import argparse
+import functools
 import io
+import math
 import pickle
+import pickletools
 import re
 import warnings
 import zipfile
@@ -403,6 +406,9 @@ class _TypeMark:
         self.name = name
 
 
+# numpy.ndarray as a network pickle names it: only compared (numpy's _reconstruct names the class it
+# builds); the class itself would allocate an array of any size the file names
+_NDARRAY = _TypeMark("numpy.ndarray")
 _TENSOR_TYPES = {"torch.Tensor": _TypeMark("torch.Tensor"),
                  "torch.nn.parameter.Parameter": _TypeMark("torch.nn.parameter.Parameter")}
 _REBUILDERS = (_rebuild_tensor, _rebuild_tensor_v2, _rebuild_tensor_v3, _rebuild_parameter)
@@ -415,15 +421,46 @@ def _rebuild_from_type_v2(func, new_type, args, state):
     return func(*args)
 
 
-def _load_storage(data):
-    """The storage pickle stored as the bytes of a torch.save'd storage (torch.storage._load_from_bytes)."""
+def _pickled_ints(data: bytes):
+    """Every integer the pickles of a torch.save'd object name (its zip's data.pkl, or the
+    pickles a legacy file starts with): the sizes torch would allocate before reading."""
+    if zipfile.is_zipfile(io.BytesIO(data)):
+        with zipfile.ZipFile(io.BytesIO(data)) as z:
+            streams = [z.read(n) for n in z.namelist() if n.endswith("data.pkl")]
+        pickles = [io.BytesIO(b) for b in streams]
+    else:
+        pickles = [io.BytesIO(data)]
+        for _ in range(3):  # the magic number, the protocol version, the system info: then the object
+            for _ in pickletools.genops(pickles[0]):
+                pass
+    for stream in pickles:
+        for opcode, arg, _pos in pickletools.genops(stream):
+            if isinstance(arg, int) and not isinstance(arg, bool) and opcode.name != "PROTO":
+                yield arg
+
+
+def _load_storage(budget: "_Budget", data):
+    """The storage pickle stored as the bytes of a torch.save'd storage (torch.storage._load_from_bytes).
+    Torch allocates a storage by the size its pickle names before reading the bytes: no size
+    may exceed the bytes given (they hold the storage)."""
     if not isinstance(data, (bytes, bytearray)):
         raise ValueError(f"storage data must be bytes, got {type(data).__name__}")
+    data = bytes(data)
+    try:
+        big = max(_pickled_ints(data), default=0)
+    except Exception as e:
+        raise ValueError(f"storage bytes are not a torch.save'd storage ({e})") from None
+    if big > len(data):
+        raise ValueError(f"a storage of {len(data)} bytes names a size of {big}")
+    budget.take(len(data), "a storage")
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*TypedStorage is deprecated")
         storage = torch.load(io.BytesIO(bytes(data)), map_location="cpu", weights_only=True)
     if not isinstance(storage, (torch.storage.TypedStorage, torch.UntypedStorage)):
         raise ValueError(f"storage bytes hold a {type(storage).__name__}, not a storage")
+    nbytes = storage.nbytes() if isinstance(storage, torch.UntypedStorage) else storage._untyped_storage.nbytes()
+    if nbytes > len(data):
+        raise ValueError(f"a storage of {nbytes} bytes came from {len(data)} bytes")
     return storage
 
 
@@ -434,10 +471,33 @@ def _encode(text, encoding):
     return text.encode("latin1")
 
 
-def _np_reconstruct(subtype, shape, dtype):
-    if subtype is not np.ndarray:
+class _Budget:
+    """The bytes one load may allocate from sizes its file names: the file's own size (a file
+    carries the data of whatever it holds; a size it merely names is not data)."""
+
+    def __init__(self, path, limit: int):
+        self.path, self.left = path, limit
+
+    def take(self, nbytes, what):
+        if not isinstance(nbytes, int) or nbytes < 0 or nbytes > self.left:
+            raise ValueError(f"{str(self.path)} asks for {what} of {nbytes} bytes, more than the file's size "
+                             "allows; it is forged or corrupt")
+        self.left -= nbytes
+
+
+def _np_reconstruct(budget, subtype, shape, dtype):
+    if subtype is not _NDARRAY:
         raise ValueError("numpy array subclasses are not loaded")
+    shape = tuple(shape) if isinstance(shape, (tuple, list)) else (shape,)
+    _check_ints("sizes", shape)
+    budget.take(math.prod(shape) * np.dtype(dtype).itemsize, "a numpy array")
     return _NP_RECONSTRUCT(np.ndarray, shape, dtype)
+
+
+def _bytearray(budget, source=b"", *args):
+    if isinstance(source, int):  # a size, not data
+        budget.take(source, "a bytearray")
+    return bytearray(source, *args)
 
 
 def _np_dtype(spec, align=False, copy=False):
@@ -452,11 +512,13 @@ def _np_scalar(dtype, data=None):
     return _NP_SCALAR(dtype, data)
 
 
-def _np_frombuffer(buffer, dtype, shape, order):
+def _np_frombuffer(budget, buffer, dtype, shape, order):
     """Protocol-5 pickles of numpy arrays (the default protocol from Python 3.14)."""
     if not isinstance(dtype, np.dtype) or dtype.hasobject:
         raise ValueError(f"numpy array of dtype {dtype!r} is not plain data")
-    return np.frombuffer(bytes(buffer), dtype=dtype).reshape(shape, order=order).copy()
+    buffer = bytes(buffer)
+    budget.take(len(buffer), "a numpy array")
+    return np.frombuffer(buffer, dtype=dtype).reshape(shape, order=order).copy()
 
 
 def _torch_size(dims):
@@ -476,14 +538,15 @@ _TORCH_DTYPES = {str(t): t for t in (
 
 # Every global a network pickle may name, mapped to fastmine's own stand-in. None of them
 # runs code from the file: records and dicts hold data, the rebuilders view bytes as tensors
-# (storages come from torch.load(weights_only=True)), classes are plain containers.
+# (storages come from torch.load(weights_only=True)), classes are plain containers. Those in
+# _BUDGETED allocate from a size the file names: they get the load's budget first.
 NETWORK_PICKLE_GLOBALS = {
     "torch_utils.persistence._reconstruct_persistent_obj": _persistent_record,
     "dnnlib.util.EasyDict": dict,  # a dict with attribute access: the dict is what matters
     "collections.OrderedDict": OrderedDict,
     "builtins.set": set,
     "builtins.frozenset": frozenset,
-    "builtins.bytearray": bytearray,
+    "builtins.bytearray": _bytearray,
     "builtins.complex": complex,
     "_codecs.encode": _encode,
     "torch._utils._rebuild_tensor": _rebuild_tensor,
@@ -495,7 +558,7 @@ NETWORK_PICKLE_GLOBALS = {
     "torch.storage._load_from_bytes": _load_storage,
     "torch.Size": _torch_size,
     "torch.device": _torch_device,
-    "numpy.ndarray": np.ndarray,
+    "numpy.ndarray": _NDARRAY,
     "numpy.dtype": _np_dtype,
     **{f"{core}.multiarray._reconstruct": _np_reconstruct for core in ("numpy.core", "numpy._core")},
     **{f"{core}.multiarray.scalar": _np_scalar for core in ("numpy.core", "numpy._core")},
@@ -503,13 +566,33 @@ NETWORK_PICKLE_GLOBALS = {
     **_TENSOR_TYPES,
     **_TORCH_DTYPES,
 }
+_BUDGETED = {_bytearray, _np_reconstruct, _np_frombuffer, _load_storage}
 TF_NETWORK = "dnnlib.tflib.network.Network"
 
 
-class _RestrictedUnpickler(pickle.Unpickler):
-    def __init__(self, file, path):
+class _RestrictedUnpickler(pickle._Unpickler):
+    """The pure-Python unpickler, so that each opcode can be checked: globals come from
+    :data:`NETWORK_PICKLE_GLOBALS` only, allocations from sizes the file names are bounded by
+    the file's size, and BUILD (``__setstate__``) applies only to numpy arrays and dtypes and to
+    OrderedDicts — on a tensor it would be ``Tensor.set_``, re-pointing it past its storage."""
+
+    dispatch = dict(pickle._Unpickler.dispatch)
+
+    def __init__(self, file, path, budget: _Budget):
         super().__init__(file)
-        self.path = path
+        self.path, self.budget = path, budget
+
+    def load_build(self):
+        state, inst = self.stack[-1], self.stack[-2]
+        if not state:  # nothing to set
+            self.stack.pop()
+            return
+        if not isinstance(inst, (np.ndarray, np.dtype, OrderedDict)):
+            raise ValueError(f"{str(self.path)} sets the state of a {type(inst).__name__} (pickle BUILD), which "
+                             "fastmine does not load: on a tensor it re-points the tensor's memory")
+        super().load_build()
+
+    dispatch[pickle.BUILD[0]] = load_build
 
     def find_class(self, module, name):
         # protocol 0-2 pickles name builtins the Python 2 way; pickle maps that only in the
@@ -526,7 +609,10 @@ class _RestrictedUnpickler(pickle.Unpickler):
                 f"{str(self.path)} refers to {full}, which fastmine does not load: it reads only networks, tensors "
                 "and plain data from a pickle (building anything else runs code from the file); if you trust the "
                 "file, load it with the code that wrote it and save the networks' state_dict() as .safetensors")
-        return NETWORK_PICKLE_GLOBALS[full]
+        found = NETWORK_PICKLE_GLOBALS[full]
+        if found in _BUDGETED:
+            return functools.partial(found, self.budget)
+        return found
 
     def persistent_load(self, pid):
         raise ValueError(f"{str(self.path)} uses pickle persistent ids, which a network pickle does not")
@@ -535,7 +621,9 @@ class _RestrictedUnpickler(pickle.Unpickler):
 def _restricted_load(path: Path):
     try:
         with open(path, "rb") as f:
-            return _RestrictedUnpickler(f, path).load()
+            obj = _RestrictedUnpickler(f, path, _Budget(path, path.stat().st_size)).load()
+        _check_views(obj, path)
+        return obj
     except ValueError as e:
         if str(e).startswith(str(path)):
             raise
@@ -546,6 +634,48 @@ def _restricted_load(path: Path):
             raise _refused_global(path, refused) from None
         raise ValueError(f"{str(path)} is not a readable pickle ({type(e).__name__}: {_one_line(e)}); it may be "
                          "truncated or corrupt: re-export it or pick an earlier snapshot") from None
+
+
+def _tensors_in(obj, where="", depth=0):
+    """(name, tensor) of every tensor in the dicts, lists and records a pickle built."""
+    if depth > 64:
+        raise ValueError("objects nested more than 64 levels deep")
+    if torch.is_tensor(obj):
+        yield where or "(the object)", obj
+    elif isinstance(obj, PersistentRecord):
+        yield from _tensors_in(obj.state, where, depth + 1)
+    elif isinstance(obj, dict):
+        for k, v in obj.items():
+            yield from _tensors_in(v, f"{where}.{k}" if where else str(k), depth + 1)
+    elif isinstance(obj, (list, tuple)):
+        for i, v in enumerate(obj):
+            yield from _tensors_in(v, f"{where}[{i}]", depth + 1)
+
+
+def _check_views(obj, path):
+    """Every tensor a pickle built lies inside its own storage, and the storages are no larger
+    than the file (what it carries), whatever opcodes built them."""
+    total, seen = 0, set()
+    for name, t in _tensors_in(obj):
+        storage = t.untyped_storage()
+        numel = storage.nbytes() // t.element_size()
+        if t.numel() and (t.storage_offset() < 0 or any(s < 0 for s in t.stride()) or t.storage_offset() +
+                          sum((n - 1) * s for n, s in zip(t.shape, t.stride())) >= numel):
+            raise ValueError(f"{str(path)}: tensor {name} views memory outside its storage; it is forged or corrupt")
+        if storage.data_ptr() not in seen:
+            seen.add(storage.data_ptr())
+            total += storage.nbytes()
+    if total > path.stat().st_size:
+        raise ValueError(f"{str(path)}: its tensors' storages hold {total} bytes, more than the file's size; it is "
+                         "forged or corrupt")
+
+
+def check_finite(state: dict, path):
+    """Refuse weights that are NaN or infinite, naming (a few of) the tensors."""
+    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise ValueError(f"{str(path)}: tensor(s) {', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''} hold NaN or "
+                         "infinite values; the file is damaged: re-export it")
 
 
 def read_network_pickle(path) -> dict:

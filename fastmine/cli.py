@@ -27,18 +27,21 @@ from .config import (
     ConfigError,
     RunConfig,
     fill_defaults,
+    has_run_mark,
     load_config,
     merge,
     parse_overrides,
     read_yaml,
     to_dict,
     validate,
+    without_trust,
 )
 from .evaluation import evaluate_run
-from .files import RunFolderBusy, convert, load_any, read_info, save_latents
+from .files import convert, load_any, read_info, save_latents
 from .images import save_grid
 from .inversion import invert
 from .methods import METHODS, get_method, methods_of
+from .runfolder import RunFolderBusy, RunFolderError
 from .runs import load_config_data, load_source, prepare, resolve_device
 from .trainer import RunInterrupted
 
@@ -77,10 +80,11 @@ def _train_command(cmd, args):
         config_path = overrides.pop(0)
     cfg = load_config(config_path, overrides, defaults=command_defaults(cmd, config_path, overrides))
     stored = cfg.run_dir / "config.yaml"
-    if args.resume and stored.is_file():
+    if args.resume and has_run_mark(stored):
         # the run's own settings are the base; what the command line says on top of them is
-        # checked against them (only steps, device and logging may change: config.RESUMABLE)
-        cfg = load_config(config_path, overrides, defaults=to_dict(load_config(stored)))
+        # checked against them (only steps, device and logging may change: config.RESUMABLE).
+        # Settings that run code are not: only this command line gives them (config.TRUST_KEYS)
+        cfg = load_config(config_path, overrides, defaults=without_trust(to_dict(load_config(stored))))
     allowed = methods_of(cmd)
     if cfg.method not in allowed:
         raise ConfigError(f"`fastmine {cmd}` runs method {' or '.join(allowed)}, not {cfg.method!r}")
@@ -284,6 +288,8 @@ def main(argv=None):
 
 
 def _one_line(e: BaseException) -> str:
+    if isinstance(e, RunFolderError):
+        return e.for_cli()
     if isinstance(e, OSError) and e.filename and e.strerror:  # a read-only folder, a full disk
         return f"{e.strerror}: {e.filename!r}"
     return " ".join(str(e).split()) or type(e).__name__

@@ -19,6 +19,8 @@ or ``source.arch`` given as ``"package.module:function"`` and ``miner.module``. 
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -305,6 +307,101 @@ def choice_row(key: str, value):
     """The registry row ``value`` names for ``key`` (None when the table is not a mapping)."""
     table, _ = CHOICES[key]
     return table.get(value) if isinstance(table, dict) else None
+# the top-level key of a config.yaml fastmine wrote into a run folder: only a folder whose
+# config.yaml carries it is one fastmine resumes or restarts (fastmine.runfolder); reading a
+# config drops it
+RUN_MARK = {"fastmine": {"run_folder": 1}}
+# YAML mappings and lists nested deeper than this are refused (a run config nests three levels)
+MAX_YAML_DEPTH = 16
+_DEVICE = re.compile(r"(auto|cpu|meta|mps|cuda|xpu)(:\d+)?")
+# the type of each list's elements
+LIST_ITEMS = {"data.labels": int, "source.generators": str, "train.betas": float, "augment.policy": str,
+              "regularize.cdc_layers": str, "log.trackers": str}
+# keys whose value makes code run (`package.module:function` strings import and call it, the two
+# switches let files run theirs): they count only when given in this invocation, never taken
+# from a stored run (fastmine.runs.prepare); the value is how to give each one again in Python
+TRUST_KEYS = {"source.trust_code": "trust_code=True", "source.allow_pickle": "allow_pickle=True",
+              "source.generator": "the generator argument", "source.arch": "arch=...",
+              "source.generators": "the generators argument", "miner.module": "miner=your module"}
+
+
+def trust_settings(cfg: "RunConfig") -> dict:
+    """{key: value} of the :data:`TRUST_KEYS` that let code run in ``cfg``: the switches when on,
+    the others when they name code (``package.module:function``)."""
+    out = {}
+    for key in TRUST_KEYS:
+        value = _get(cfg, key)
+        if key in ("source.trust_code", "source.allow_pickle"):
+            if value:
+                out[key] = value
+        elif isinstance(value, list):
+            if any(_names_code(v) for v in value):
+                out[key] = value
+        elif _names_code(value):
+            out[key] = value
+    return out
+
+
+def _names_code(value) -> bool:
+    return isinstance(value, str) and re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*", value) is not None \
+        and not Path(value).exists()
+
+
+def without_trust(data: dict) -> dict:
+    """A config dict with the :data:`TRUST_KEYS` removed (a stored run's, used as a base)."""
+    out = {k: dict(v) if isinstance(v, dict) else v for k, v in data.items()}
+    for key in TRUST_KEYS:
+        section, name = key.split(".")
+        if isinstance(out.get(section), dict):
+            out[section].pop(name, None)
+    return out
+
+
+def check_trust_on_resume(stored: "RunConfig", cfg: "RunConfig"):
+    """Refuse to continue a run whose stored settings let code run unless this invocation gives
+    them again (a run folder may have been copied, shared or downloaded)."""
+    had, given = trust_settings(stored), trust_settings(cfg)
+    missing = {k: v for k, v in had.items() if given.get(k) != v}
+    if missing:
+        listed = " ".join(f"{k}={_yaml_value(v)}" for k, v in missing.items())
+        python = ", ".join(TRUST_KEYS[k] for k in missing)
+        raise ConfigError(f"the run was configured with settings that run code ({listed}); a stored run's folder "
+                          "never turns them on: give them again if you trust them, on the command line ("
+                          f"{listed}) or in Python ({python}) — nothing was changed")
+
+
+def _yaml_value(value) -> str:
+    return yaml.safe_dump(value, default_flow_style=True, width=10**6).strip().removesuffix("...").strip()
+
+
+class ConfigLoader(yaml.SafeLoader):
+    """YAML as configs need it: plain values, no anchors or aliases (``&a`` / ``*a`` repeat a
+    value, and nested they grow a few hundred bytes into gigabytes), nesting at most
+    :data:`MAX_YAML_DEPTH` deep."""
+
+    def __init__(self, stream):
+        super().__init__(stream)
+        self._depth = 0
+
+    def compose_node(self, parent, index):
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None) is not None:
+            line = event.start_mark.line + 1
+            raise ConfigError(f"YAML anchors and aliases (&name, *name, at line {line}) are not read in configs: "
+                              "write the values out")
+        self._depth += 1
+        try:
+            if self._depth > MAX_YAML_DEPTH + 1:
+                raise ConfigError(f"YAML nested more than {MAX_YAML_DEPTH} levels deep (line "
+                                  f"{event.start_mark.line + 1}); a config is a few sections of settings")
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+
+def load_yaml(text):
+    """``text`` parsed with :class:`ConfigLoader`."""
+    return yaml.load(text, Loader=ConfigLoader)
 
 
 def resumable(key: str) -> bool:
@@ -382,16 +479,20 @@ def coerce(value, hint, key: str):
     if hint is float:
         if isinstance(value, str):  # YAML 1.1 reads 1e-4 (no dot) as a string
             try:
-                return float(value)
+                value = float(value)
             except ValueError:
                 pass
         if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if not math.isfinite(value) or abs(value) > 1e300:
+                raise ConfigError(f"config key '{key}' must be a finite number, got {value!r}")
             return float(value)
     elif hint is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
         if isinstance(value, float) and value.is_integer():
-            return int(value)
+            value = int(value)
+        if isinstance(value, int) and not isinstance(value, bool):
+            if abs(value) >= 2**63:
+                raise ConfigError(f"config key '{key}' must be an integer below 2**63, got {value!r}")
+            return value
     elif hint is bool:
         if isinstance(value, bool):
             return value
@@ -400,7 +501,8 @@ def coerce(value, hint, key: str):
             return value
     elif hint is list:
         if isinstance(value, (list, tuple)):
-            return list(value)
+            item = LIST_ITEMS.get(key)
+            return list(value) if item is None else [coerce(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
     elif hint is dict:
         if isinstance(value, dict):
             return value
@@ -431,7 +533,7 @@ def parse_overrides(overrides) -> dict:
             raise ConfigError(f"override {item!r} is not key=value (e.g. train.steps=500)")
         key, raw = item.split("=", 1)
         try:
-            value = yaml.safe_load(raw) if raw != "" else None
+            value = load_yaml(raw) if raw != "" else None
         except yaml.YAMLError as e:
             raise ConfigError(f"override {item!r}: the value is not valid YAML ({_yaml_problem(e)})") from None
         node = out
@@ -459,12 +561,29 @@ def read_yaml(path) -> dict:
     if not p.is_file():
         raise ConfigError(f"config file {str(p)!r} does not exist")
     try:
-        loaded = yaml.safe_load(p.read_text()) or {}
+        loaded = load_yaml(p.read_text()) or {}
     except yaml.YAMLError as e:
         raise ConfigError(f"config file {str(p)!r} is not valid YAML: {_yaml_problem(e)}") from None
+    except ConfigError as e:
+        raise ConfigError(f"config file {str(p)!r}: {e}") from None
     if not isinstance(loaded, dict):
         raise ConfigError(f"config file {str(p)!r} must hold a mapping at the top level")
+    if loaded.get("fastmine") == RUN_MARK["fastmine"]:
+        del loaded["fastmine"]
     return loaded
+
+
+def has_run_mark(path) -> bool:
+    """Whether ``path`` is a config.yaml fastmine wrote into a run folder (a regular file, not a
+    link, carrying :data:`RUN_MARK`)."""
+    p = Path(path)
+    if p.is_symlink() or not p.is_file():
+        return False
+    try:
+        loaded = load_yaml(p.read_text())
+    except (yaml.YAMLError, ConfigError, UnicodeDecodeError, OSError):
+        return False
+    return isinstance(loaded, dict) and loaded.get("fastmine") == RUN_MARK["fastmine"]
 
 
 def _yaml_problem(e) -> str:
@@ -482,9 +601,14 @@ def load_config(path=None, overrides=None, defaults: dict | None = None) -> RunC
     return from_dict(RunConfig, data)
 
 
+def config_text(cfg) -> str:
+    """The YAML of a run's config.yaml: fastmine's mark (:data:`RUN_MARK`), then the settings."""
+    return yaml.safe_dump({**RUN_MARK, **to_dict(cfg)}, sort_keys=False)
+
+
 def dump_config(cfg, path):
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    Path(path).write_text(config_text(cfg))
 
 
 def fill_defaults(cfg: RunConfig, method) -> RunConfig:
@@ -509,6 +633,8 @@ def validate(cfg: RunConfig) -> RunConfig:
     t, loss = cfg.train, cfg.loss
     if not cfg.name or cfg.name in (".", "..") or any(c in cfg.name for c in "/\\"):
         raise ConfigError(f"name must be a plain folder name inside out_dir (no '/', '..'), got {cfg.name!r}")
+    if not _DEVICE.fullmatch(cfg.device):
+        raise ConfigError(f"device must be auto, cpu, cuda, cuda:N, mps, xpu or meta, got {cfg.device!r}")
     _positive(cfg, "train.steps", "train.batch_size", "train.n_critic", "train.lr", "train.critic_lr",
               "loss.gp_every", "log.log_every", "log.sample_every", "log.checkpoint_every", "log.keep_checkpoints",
               "log.grid_size", "multi.window", "s3.samples", "s3.theta_f", "fusion.sigma", "fusion.pool",

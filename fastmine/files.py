@@ -21,12 +21,10 @@ in them (an NVIDIA pickle, a rosinality checkpoint) are rebuilt from fastmine's 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import importlib
 import json
 import os
 import re
-import shutil
 import struct
 import warnings
 from dataclasses import dataclass
@@ -81,6 +79,21 @@ def import_object(spec: str):
     return obj
 
 
+def call_factory(spec: str, kwargs: dict) -> nn.Module:
+    """``spec(**kwargs)``, which must return an ``nn.Module``: anything else, or arguments it does
+    not take, is a one-line error naming the factory."""
+    factory = import_object(spec)
+    if not callable(factory):
+        raise ValueError(f"{spec!r} is a {type(factory).__name__}, not a function returning an nn.Module")
+    try:
+        module = factory(**kwargs)
+    except TypeError as e:  # arguments it does not take: the name or the stored kwargs are wrong
+        raise ValueError(f"factory {spec}(**{kwargs!r}) failed: {e}") from None
+    if not isinstance(module, nn.Module):
+        raise ValueError(f"factory {spec!r} returned a {type(module).__name__}, not an nn.Module")
+    return module
+
+
 def build_module(build: dict, kind: str, source=None, trust_code: bool = False) -> nn.Module:
     """The ``kind`` module (generator / critic) that ``build`` describes.
 
@@ -96,10 +109,7 @@ def build_module(build: dict, kind: str, source=None, trust_code: bool = False) 
                 "code fastmine does not know; nothing was run. If you trust this file, load it with "
                 f"trust_code=True (source.trust_code=true), or register the factory in your code with "
                 f"fastmine.register_factory({spec!r})")
-        module = import_object(spec)(**build.get("kwargs", {}))
-        if not isinstance(module, nn.Module):
-            raise TypeError(f"factory {spec!r} returned {type(module).__name__}, not an nn.Module")
-        return module
+        return call_factory(spec, build.get("kwargs", {}))
     raise ValueError(f"cannot rebuild the {kind}: its metadata has neither 'arch' nor 'factory'")
 
 
@@ -259,6 +269,7 @@ def _network_pickle_weights(path: Path, role: str, key) -> Weights:
         raise ValueError(f"{str(path)!r}: {name!r} is a {record.class_name}, not a {expected}; pass key= naming the "
                          f"{role} (source.key=...)")
     kwargs, state = checkpoints.record_kwargs(record), checkpoints.record_state_dict(record)
+    checkpoints.check_finite(state, path)
     if record.module_name == "training.networks_stylegan2":  # stylegan3's copy: its own defaults, left out of kwargs
         kwargs = stylegan2.stylegan3_repo_kwargs(kwargs, "G" if role == "generator" else "D")
     family = family_of(state) if role == "generator" else "stylegan2"
@@ -285,17 +296,38 @@ def part(tensors, prefix):
     return {k[n:]: v for k, v in tensors.items() if k.startswith(prefix + ".")}
 
 
+def _shape_problem(module: nn.Module, found: dict) -> str | None:
+    """What differs between ``module``'s state dict and tensors of the shapes ``found`` ({name: shape})."""
+    state = module.state_dict()
+    missing, unexpected = sorted(set(state) - set(found)), sorted(set(found) - set(state))
+    wrong = [f"{k}: {found[k]} in the file, {tuple(state[k].shape)} here" for k in state
+             if k in found and tuple(found[k]) != tuple(state[k].shape)]
+    if missing or unexpected or wrong:
+        return f"missing {missing[:5]}, unexpected {unexpected[:5]}, shapes {wrong[:3]}"
+    return None
+
+
+def build_fitting(make, found: dict, what: str, path) -> nn.Module:
+    """``make()``, built first on the meta device (no memory) and checked against the shapes of
+    the tensors the file holds ({name: shape}), then for real: a file whose metadata asks for a
+    huge network (``width=1e6``) is refused before anything is allocated."""
+    with torch.device("meta"):
+        probe = make()
+    problem = _shape_problem(probe, found)
+    if problem:
+        raise ValueError(f"the {what} weights in {str(path)!r} do not fit the architecture its metadata describes: "
+                         f"{problem}")
+    return make()
+
+
 def load_state_lazily(module: nn.Module, path, prefix: str):
     """Fill ``module``'s weights from the ``prefix.`` tensors of a safetensors file, one tensor at a
     time (:class:`LazyTensors`): loading holds the module plus one tensor, not a second model."""
     with LazyTensors(path, prefix) as reader:
         state = module.state_dict()  # tensors sharing the module's storage
-        missing, unexpected = sorted(set(state) - set(reader.names)), sorted(set(reader.names) - set(state))
-        wrong = [f"{k}: {reader.shape(k)} in the file, {tuple(state[k].shape)} here" for k in state
-                 if k in reader.names and reader.shape(k) != tuple(state[k].shape)]
-        if missing or unexpected or wrong:
-            raise ValueError(f"the {prefix} weights in {str(path)!r} do not fit the architecture: missing "
-                             f"{missing[:5]}, unexpected {unexpected[:5]}, shapes {wrong[:3]}")
+        problem = _shape_problem(module, {k: reader.shape(k) for k in reader.names})
+        if problem:
+            raise ValueError(f"the {prefix} weights in {str(path)!r} do not fit the architecture: {problem}")
         with torch.no_grad():
             for k, v in state.items():
                 v.copy_(reader.get(k))
@@ -340,7 +372,10 @@ def load_generator(source, latent_spec=None, arch=None, call=None, allow_pickle=
         module = build_module(build, "generator")
     elif "generator" in (info := read_info(source) or {}):  # a fastmine file: read tensor by tensor into the module
         build, stored_spec = stored_generator(info, options)
-        module = build_module(build, "generator", source, trust_code)
+        with LazyTensors(source, "generator") as reader:
+            shapes = {k: reader.shape(k) for k in reader.names}
+        module = build_fitting(lambda: build_module(build, "generator", source, trust_code), shapes, "generator",
+                               source)
         load_state_lazily(module, source, "generator")
         latent_spec = latent_spec or stored_spec
     elif info or (allow_pickle and Path(source).suffix != ".safetensors"):
@@ -425,8 +460,10 @@ def load_critic(source, arch=None, allow_pickle=False, trust_code=False, key=Non
         if isinstance(tensors, nn.Module):
             return tensors
         if info is not None and "critic" in info:
-            critic = build_module(info["critic"]["build"], "critic", source, trust_code)
-            load_state(critic, part(tensors, "critic"), "critic", source)
+            weights = part(tensors, "critic")
+            critic = build_fitting(lambda: build_module(info["critic"]["build"], "critic", source, trust_code),
+                                   {k: tuple(v.shape) for k, v in weights.items()}, "critic", source)
+            load_state(critic, weights, "critic", source)
             return critic
         state, where = part(tensors, "critic") or tensors, None
     else:
@@ -458,7 +495,9 @@ def _generator_part(g: dict, tensors, prefix, path, generator, trust_code, what=
         if g["build"] is None:
             raise ValueError(f"{str(path)!r}: the {what} is a user module stored as weights only: "
                              "pass generator=<module>")
-        generator = build_module(g["build"], "generator", path, trust_code)
+        weights = part(tensors, prefix)
+        generator = build_fitting(lambda: build_module(g["build"], "generator", path, trust_code),
+                                  {k: tuple(v.shape) for k, v in weights.items()}, what, path)
     load_state(generator, part(tensors, prefix), what, path)
     return GeneratorAdapter(generator, g["latent_spec"], build=g["build"], frozen=True)
 
@@ -468,7 +507,9 @@ def _miner_part(m: dict, tensors, prefix, path, miner, what="miner"):
         if "config" not in m:
             raise ValueError(f"{str(path)!r}: the {what} is a custom module stored as weights only: "
                              "pass miner=<module>")
-        miner = Miner(**m["config"])
+        weights = part(tensors, prefix)
+        miner = build_fitting(lambda: Miner(**m["config"]), {k: tuple(v.shape) for k, v in weights.items()}, what,
+                              path)
     load_state(miner, part(tensors, prefix), what, path)
     return miner
 
@@ -630,56 +671,6 @@ def atomic_write_text(path, text):
     tmp = _tmp_name(Path(path))
     tmp.write_text(text)
     _publish(tmp, Path(path))
-
-
-def remove_stale_temps(folder) -> list:
-    """Delete the temporary files of writes that were killed before their rename (call only
-    while holding the folder's :class:`RunLock`: then no live writer owns one)."""
-    removed = []
-    for p in Path(folder).rglob(f".*{TMP_MARK}*"):
-        if p.is_file():
-            p.unlink(missing_ok=True)
-            removed.append(p)
-    return removed
-
-
-def clear_folder(folder, keep=(".lock",)):
-    """Delete everything in ``folder`` but ``keep`` (a run restarted from scratch)."""
-    for p in Path(folder).iterdir():
-        if p.name in keep:
-            continue
-        if p.is_dir() and not p.is_symlink():
-            shutil.rmtree(p)
-        else:
-            p.unlink()
-
-
-class RunFolderBusy(RuntimeError):
-    pass
-
-
-class RunLock:
-    """One writer per run folder: an advisory lock on ``FOLDER/.lock`` (holding the writer's
-    pid) for the life of the run. The kernel drops it when the process dies, however it dies."""
-
-    def __init__(self, folder):
-        self.path = Path(folder) / ".lock"
-        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
-        try:
-            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.read(self.fd, 32).decode(errors="replace").strip() or "?"
-            os.close(self.fd)
-            raise RunFolderBusy(f"run folder {str(Path(folder))!r} is in use by process {holder} (it holds "
-                                f"{self.path.name}); wait for it to finish or stop it first") from None
-        os.ftruncate(self.fd, 0)
-        os.write(self.fd, str(os.getpid()).encode())
-
-    def release(self):
-        if self.fd is not None:
-            fcntl.flock(self.fd, fcntl.LOCK_UN)
-            os.close(self.fd)
-            self.fd = None
 
 
 def _sampler_entry(s: Sampler) -> dict:

@@ -18,21 +18,28 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from . import distributed, sharded
+from . import distributed, runfolder, sharded
 from .conditional import FACTORY_DCGAN, LabelledSampler, conditional_dcgan, load_biggan
-from .config import ConfigError, RunConfig, dump_config, fill_defaults, load_config, reconcile_resume, validate
+from .config import (
+    ConfigError,
+    RunConfig,
+    check_trust_on_resume,
+    config_text,
+    fill_defaults,
+    load_config,
+    reconcile_resume,
+    validate,
+)
 from .data import describe, load_data, load_digits, load_image_folder, make_target, subset_indices
 from .files import (
-    RunLock,
+    atomic_write_text,
     build_module,
-    clear_folder,
+    call_factory,
     critic_build_of,
     has_critic,
-    import_object,
     load_critic,
     load_generator,
     load_sampler,
-    remove_stale_temps,
     save_any,
     save_latents,
 )
@@ -43,6 +50,7 @@ from .methods import Method, get_method
 from .miner import Miner
 from .multi import MultiSampler, selector_log
 from .nets import build_critic, build_generator, reinitialize
+from .runfolder import RunLock
 from .samplers import GeneratorAdapter, Sampler
 from .sparse import apply_s3
 from .threads import apply_threads
@@ -129,13 +137,20 @@ def prepare(cfg: RunConfig, inputs: Inputs | None = None, *, resume=False, resta
     resume: continue the run in ``cfg.run_dir`` from its newest intact checkpoint (from step 0
         when it has none yet), with its own ``config.yaml`` as the base: settings ``cfg`` leaves
         unset keep the run's values; only those in ``config.RESUMABLE`` may change.
-    restart: replace what ``cfg.run_dir`` holds with a fresh run."""
-    if resume and restart:
-        raise ConfigError("choose --resume (continue the run) or --restart (replace it), not both")
+    restart: replace what fastmine wrote in ``cfg.run_dir`` with a fresh run.
+
+    Every check (the folder, the settings, what a resume may change, the settings that run
+    code, the global batch) comes before the first write: a refused call changes nothing."""
     changed = {}
+    if write:
+        runfolder.check(cfg.run_dir, resume, restart)
+    elif resume and restart:
+        raise ConfigError("choose resume=True (continue the run) or restart=True (replace it), not both")
     stored = cfg.run_dir / "config.yaml"
     if resume and write and stored.is_file():
-        cfg, changed = reconcile_resume(load_config(stored), cfg)
+        stored_cfg = load_config(stored)
+        check_trust_on_resume(stored_cfg, cfg)
+        cfg, changed = reconcile_resume(stored_cfg, cfg)
     method = get_method(cfg.method)
     inputs = inputs or Inputs()
     if cfg.miner.init is None and (cfg.miner.module or inputs.miners and all(m is not None for m in inputs.miners)):
@@ -146,6 +161,12 @@ def prepare(cfg: RunConfig, inputs: Inputs | None = None, *, resume=False, resta
         print(threads)
     if accelerator is None:  # launched by torchrun / accelerate launch: one process group, this rank's device
         accelerator = distributed.setup(cfg.dist, cfg.device)
+    if resume and write:
+        world = accelerator.num_processes if accelerator is not None else 1
+        problem = runfolder.global_batch_problem(runfolder.stored_global_batch(cfg.run_dir),
+                                                 cfg.train.batch_size, world)
+        if problem:
+            raise ConfigError(problem)
     device = str(accelerator.device) if accelerator is not None and cfg.device == "auto" else resolve_device(cfg.device)
     ctx = Context(device, accelerator, cfg.run_dir if write else None, resume, list(callbacks), restart, changed)
     torch.manual_seed(cfg.seed)
@@ -256,7 +277,7 @@ def load_source(spec, cfg: RunConfig) -> GeneratorAdapter:
 
 def make_miner(cfg: RunConfig, latent_spec, given=None) -> nn.Module:
     if given is None and cfg.miner.module:
-        given = import_object(cfg.miner.module)()  # the user named this code in the config (miner.module)
+        given = call_factory(cfg.miner.module, {})  # the user named this code in this invocation (miner.module)
     if given is not None:
         return given
     if cfg.miner.init == "given":
@@ -306,32 +327,25 @@ def check_output_matches(sampler, example: torch.Tensor, device):
 
 
 def open_run_dir(ctx: Context, config) -> Path | None:
-    """Check the run folder, then let rank 0 alone take its lock (one writer per folder),
-    create or clear it and write the resolved config. An existing run is touched only when
-    resuming (``ctx.resume``) or replacing (``ctx.restart``) it."""
+    """Let rank 0 alone take the run folder's lock (one writer per folder), create it or clear
+    what fastmine wrote there, and write the resolved config (``prepare`` checked the folder:
+    an existing run is touched only when resuming or replacing it)."""
     if ctx.run_dir is None:
         return None
     run_dir = Path(ctx.run_dir)
-    if run_dir.exists() and not run_dir.is_dir():
-        raise FileExistsError(f"run folder {str(run_dir)!r} is a file; choose another name (name=...)")
-    existing = run_dir.is_dir() and any(run_dir.iterdir())
-    if existing and not (ctx.resume or ctx.restart):
-        raise FileExistsError(f"run folder {str(run_dir)!r} already exists; pass --resume to continue it, "
-                              "--restart to replace it, or choose another name (name=...) — nothing was changed")
-    if ctx.resume and not existing:
-        raise FileNotFoundError(f"--resume: there is no run in {str(run_dir)!r} to continue")
+    runfolder.check(run_dir, ctx.resume, ctx.restart)  # again: the folder may have changed while the run was built
     distributed.barrier()  # no rank may see the folder rank 0 is about to create
     if distributed.rank() == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
         ctx.lock = RunLock(run_dir)
         if ctx.restart:
-            clear_folder(run_dir)
-        remove_stale_temps(run_dir)  # of writes killed mid-way: with the lock held, no live writer owns one
+            runfolder.clear_run(run_dir)
+        runfolder.remove_stale_temps(run_dir)  # of writes killed mid-way: with the lock held, no live writer owns one
         if ctx.changed:  # a resumed run going on with new steps / cadence: say so, keep the old values
             with open(run_dir / "config_history.jsonl", "a") as f:
                 f.write(json.dumps({"resumed_with": ctx.changed}) + "\n")
         if not ctx.resume or ctx.changed or not (run_dir / "config.yaml").is_file():
-            dump_config(config, run_dir / "config.yaml")
+            atomic_write_text(run_dir / "config.yaml", config_text(config))
     distributed.barrier()
     return run_dir
 

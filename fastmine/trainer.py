@@ -34,6 +34,7 @@ from .images import save_grid
 from .losses import check_critic_for_penalty, clip_weights, get_objective, gradient_penalty, r1_penalty
 from .nets import rows_independent
 from .regularizers import build_regularizers
+from .runfolder import global_batch_problem
 from .samplers import Freezable, check_sampler
 from .trackers import Trackers
 
@@ -511,6 +512,7 @@ class Trainer:
             try:
                 tensors, _ = read_file(d / f"ckpt-{step:07d}.safetensors")
                 state = torch.load(d / f"ckpt-{step:07d}.state.pt", map_location="cpu", weights_only=True)
+                self._check_checkpoint(step, tensors, state)
             except (OSError, ValueError, RuntimeError, EOFError, pickle.UnpicklingError) as e:
                 reason = str(e).splitlines()[0][:80] if str(e) else type(e).__name__
                 damaged.append(f"step {step} ({reason})")
@@ -524,6 +526,26 @@ class Trainer:
                              "with --restart")
         return None
 
+    def _check_checkpoint(self, step, tensors, state):
+        """Refuse (ValueError: the checkpoint is damaged) one that reads but does not fit this run:
+        a tensor missing, extra or of another shape, a state of another step or lacking a part."""
+        frozen_generator = getattr(getattr(self.sampler, "generator", None), "frozen", False)
+        expected = {f"sampler.{k}": v for k, v in distributed.checkpoint_state(self.sampler).items()}
+        expected |= {f"critic.{k}": v for k, v in self.critic.state_dict().items()}
+        expected |= {f"parts.{k}": v for k, v in self.parts.state_dict().items()}
+        optional = "sampler.generator." if frozen_generator else None  # written sharded: loads from its own file
+        missing = [k for k in expected if k not in tensors and not (optional and k.startswith(optional))]
+        unexpected = [k for k in tensors if k not in expected]
+        wrong = [k for k in expected if k in tensors and tuple(tensors[k].shape) != tuple(expected[k].shape)]
+        if missing or unexpected or wrong:
+            raise ValueError(f"its tensors do not fit the run: missing {missing[:3]}, unexpected {unexpected[:3]}, "
+                             f"other shapes {wrong[:3]}")
+        parts = ("step", "opt_critic", "opt_sampler", "torch_rng", "stats")
+        if not isinstance(state, dict) or any(k not in state for k in parts):
+            raise ValueError(f"its state lacks {[k for k in parts if not isinstance(state, dict) or k not in state]}")
+        if state["step"] != step:
+            raise ValueError(f"its state is of step {state['step']}")
+
     def load_checkpoint(self):
         """Resume from the newest intact checkpoint; returns its step (0: none yet, start over)."""
         found = self._newest_intact_checkpoint() if self.run_dir else None
@@ -534,11 +556,9 @@ class Trainer:
                 _truncate_metrics(self.run_dir / "metrics.jsonl", 0)
             return 0
         step, tensors, state = found
-        global_batch = self.cfg.train.batch_size * self.world
-        if state.get("global_batch", global_batch) != global_batch:
-            raise ValueError(f"the run trained with a global batch of {state['global_batch']} (train.batch_size × "
-                             f"processes), this resume would use {global_batch}: with {self.world} process(es) set "
-                             f"train.batch_size={state['global_batch'] // self.world}")
+        problem = global_batch_problem(state.get("global_batch"), self.cfg.train.batch_size, self.world)
+        if problem:
+            raise ValueError(problem)
         # the generator may be missing (written sharded) or present (written unsharded): a
         # frozen generator comes from its own file either way
         frozen_generator = getattr(self.hooks.generator, "frozen", False)

@@ -100,7 +100,7 @@ LAYERS = {
     1: ("latent", "nets", "miner", "samplers", "losses", "data", "images", "sparse", "metrics", "trackers",
         "zoo", "augment", "regularizers", "threads"),
     2: ("multi", "fusion", "inversion"),
-    3: ("files", "checkpoints"),
+    3: ("files", "checkpoints", "runfolder"),
     4: ("conditional",),
     5: ("trainer", "distributed", "sharded"),
     6: ("runs",),

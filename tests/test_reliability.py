@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import load_file
 
 from fastmine.cli import main
-from fastmine.files import RunLock
+from fastmine.runfolder import RunLock
 
 TINY = ["data.limit=64", "train.batch_size=8", "model.width=8", "model.latent_dim=8", "log.progress=false",
         "log.sample_every=1000", "device=cpu"]
@@ -137,12 +137,14 @@ def test_one_writer_per_run_folder(tmp_path, capsys):
         lock.release()
 
 
-def test_restart_replaces_a_run(tmp_path):
+def test_restart_replaces_a_run_and_keeps_what_fastmine_did_not_write(tmp_path):
     run = tmp_path / "runs" / "again"
-    assert _pretrain(tmp_path, "name=again", "train.steps=2") == 0
+    assert _pretrain(tmp_path, "name=again", "train.steps=2", "log.checkpoint_every=1") == 0
     (run / "stray.txt").write_text("x")
-    assert _pretrain(tmp_path, "name=again", "--restart", "train.steps=3") == 0
-    assert not (run / "stray.txt").exists()
+    assert (run / "checkpoints" / "ckpt-0000001.safetensors").is_file()
+    assert _pretrain(tmp_path, "name=again", "--restart", "train.steps=3", "log.checkpoint_every=3") == 0
+    assert (run / "stray.txt").read_text() == "x"  # the user's file
+    assert not (run / "checkpoints" / "ckpt-0000001.safetensors").exists()  # the old run's
     assert json.loads((run / "checkpoints" / "latest.json").read_text())["step"] == 3
 
 
