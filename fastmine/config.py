@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Optional
 
 import yaml
-from accelerate.tracking import LOGGER_TYPE_TO_CLASS
 
 
 @dataclass
@@ -526,10 +525,13 @@ def validate(cfg: RunConfig) -> RunConfig:
     _choice(cfg, "multi.path", ("fast", "naive"))
     _choice(cfg, "dist.shard", ("none", "fsdp2", "zero3", "auto"))
     _choice(cfg, "dist.backend", ("auto", "gloo", "nccl"))
-    unknown = [n for n in cfg.log.trackers or () if n not in LOGGER_TYPE_TO_CLASS]
-    if unknown:
-        raise ConfigError(f"log.trackers: unknown tracker(s) {unknown}; Accelerate knows "
-                          f"{', '.join(sorted(LOGGER_TYPE_TO_CLASS))}")
+    if cfg.log.trackers:
+        # Accelerate imports torch, which reading and checking a config must not (the CLI)
+        from accelerate.tracking import LOGGER_TYPE_TO_CLASS
+        unknown = [n for n in cfg.log.trackers if n not in LOGGER_TYPE_TO_CLASS]
+        if unknown:
+            raise ConfigError(f"log.trackers: unknown tracker(s) {unknown}; Accelerate knows "
+                              f"{', '.join(sorted(LOGGER_TYPE_TO_CLASS))}")
     _choice(cfg, "source.latent", ("z", "w", "w+", None))
     _choice(cfg, "source.noise_mode", ("const", "random", "none", None))
     psi = cfg.source.truncation_psi
