@@ -6,48 +6,49 @@ file <- ``key=value`` overrides (``train.steps=500 data.labels=[9]``) and runs i
 Other packages add commands through the ``fastmine.commands`` entry-point group (``fastmine
 bench`` comes from the benchmarks package that installs with fastmine).
 """
+# This module imports no torch: help, argument errors and config errors answer at once, and
+# a command's module (the table's "module:function") loads only to run it.
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
+import importlib
 import sys
 from importlib.metadata import entry_points
-from pathlib import Path
+from typing import Callable, NamedTuple, Optional
 
-import torch
-
-from . import distributed
-from .apps.demo import DEMO_METHODS, ROWS, TOOLKIT_ROWS, run_demo
-from .apps.demo_multi import DIGITS, run_demo_multi
-from .apps.presets import COMMAND_DEFAULTS
-from .apps.report import write_run_report
+from .apps.presets import COMMAND_DEFAULTS, DIGITS, ROWS, TOOLKIT_ROWS
 from .config import (
     RESUMABLE,
     ConfigError,
     RunConfig,
-    fill_defaults,
     has_run_mark,
     load_config,
     merge,
     parse_overrides,
     read_yaml,
     to_dict,
-    validate,
     without_trust,
 )
-from .evaluation import evaluate_run
-from .files import convert, load_any, read_info, save_latents
-from .images import save_grid
-from .inversion import invert
-from .methods import METHODS, get_method, methods_of
-from .runfolder import RunFolderBusy, RunFolderError
-from .runs import load_config_data, load_source, prepare, resolve_device
-from .trainer import RunInterrupted
+from .methods import METHODS, methods_of
 
-# bad input (exit 2) and a run that failed or was stopped (exit 1): one line each, no traceback
-BAD_INPUT = (ConfigError, ValueError, FileNotFoundError, FileExistsError, ImportError, RunFolderBusy)
-FAILED_RUN = (FloatingPointError, RunInterrupted)
+# bad input (exit 2) and a run that failed or was stopped (exit 1): one line each, no traceback;
+# a command's module adds its own exception classes as BAD_INPUT / FAILED_RUN
+BAD_INPUT = (ValueError, OSError, ImportError)  # ConfigError is a ValueError; a missing file an OSError
+FAILED_RUN = (FloatingPointError,)
+
+
+def arg(*flags, **kwargs):
+    """One ``add_argument`` call, as data."""
+    return flags, kwargs
+
+
+class Command(NamedTuple):
+    help: str
+    run: str                                   # "module:function" called with the parsed arguments
+    args: tuple = ()                           # arg(...) entries
+    epilog: Optional[str] = None
+    check: Optional[Callable] = None           # torch-free checks of the arguments before `run` loads
 
 
 def _settings_help() -> str:
@@ -73,25 +74,33 @@ def command_defaults(cmd, config_path=None, overrides=()) -> dict:
     return defaults
 
 
-def _train_command(cmd, args):
+def _train_config(args):
+    """The run's settings, resolved and checked (``args.cfg``) before torch loads."""
     config_path = None
     overrides = list(args.overrides)
     if overrides and overrides[0].endswith((".yaml", ".yml")) and "=" not in overrides[0]:
         config_path = overrides.pop(0)
-    cfg = load_config(config_path, overrides, defaults=command_defaults(cmd, config_path, overrides))
+    cfg = load_config(config_path, overrides, defaults=command_defaults(args.command, config_path, overrides))
     stored = cfg.run_dir / "config.yaml"
     if args.resume and has_run_mark(stored):
         # the run's own settings are the base; what the command line says on top of them is
         # checked against them (only steps, device and logging may change: config.RESUMABLE).
         # Settings that run code are not: only this command line gives them (config.TRUST_KEYS)
         cfg = load_config(config_path, overrides, defaults=without_trust(to_dict(load_config(stored))))
-    allowed = methods_of(cmd)
+    allowed = methods_of(args.command)
     if cfg.method not in allowed:
-        raise ConfigError(f"`fastmine {cmd}` runs method {' or '.join(allowed)}, not {cfg.method!r}")
-    result = prepare(cfg, resume=args.resume, restart=args.restart).fit()
-    if result.run_dir is not None and distributed.rank() == 0:  # once, not once per process
-        print(f"wrote {result.model_path} (run folder {result.run_dir})")
-    return result
+        raise ConfigError(f"`fastmine {args.command}` runs method {' or '.join(allowed)}, not {cfg.method!r}")
+    args.cfg = cfg
+
+
+def _invert_config(args):
+    args.defaults = command_defaults("mine", None, args.overrides)
+
+
+def _source_overrides_only(args):
+    outside = sorted({key.split(".")[0] for key in parse_overrides(args.overrides)} - {"source"})
+    if outside:
+        raise ConfigError(f"fastmine convert takes source.* settings only, got {', '.join(outside)}")
 
 
 def _positive(text: str) -> int:
@@ -101,79 +110,74 @@ def _positive(text: str) -> int:
     return value
 
 
-def _sample(args):
-    if Path(args.model).is_dir():  # a run folder: its model file
-        args.model = str(Path(args.model) / "model.safetensors")
-    sampler = load_any(args.model, device=args.device, trust_code=args.trust_code)
-    x = sampler.sample(args.n, seed=args.seed, device=args.device)
-    out = Path(args.out)
-    if out.suffix == ".pt":
-        out.parent.mkdir(parents=True, exist_ok=True)
-        torch.save(x.cpu(), out)
-    else:
-        save_grid(x, out)
-    print(f"wrote {args.n} samples to {out}")
+def _train_command(cmd) -> Command:
+    methods = methods_of(cmd)
+    epilog = "methods:\n" + "\n".join(f"  {m}: {METHODS[m].summary}" for m in methods) + "\n\n" + _settings_help()
+    return Command(
+        f"train ({', '.join(methods)})", "fastmine.apps.commands:train", epilog=epilog, check=_train_config, args=(
+            arg("overrides", nargs="*", help="[CONFIG.yaml] key=value ..."),
+            arg("--resume", action="store_true",
+                help="continue runs/NAME as it was configured, from its newest intact checkpoint "
+                     "(key=value may change " + ", ".join(RESUMABLE) + ")"),
+            arg("--restart", action="store_true", help="replace what runs/NAME holds with a fresh run")))
 
 
-def _eval(args):
-    tc = args.target_class
-    tc = None if tc in ("none", "None") else (tc if tc == "auto" else int(tc))
-    res = evaluate_run(args.run_dir, extractor=args.extractor, inception_weights=args.inception_weights,
-                       target_class=tc, repeats=args.repeats)
-    report = write_run_report(args.run_dir, res)
-    print(f"wrote {report}: " + ", ".join(
-        f"{k} {v:.4g}" for k, v in res["metrics"].items() if k in ("fid", "kmmd", "mv", "target_share")))
-
-
-def _invert(args):
-    cfg = load_config(None, args.overrides, defaults=command_defaults("mine", None, args.overrides))
-    validate(fill_defaults(cfg, get_method(cfg.method)))
-    out = Path(args.out)
-    if out.exists() and any(out.iterdir()):
-        raise FileExistsError(f"{str(out)!r} already exists; choose another --out — nothing was changed")
-    # a fastmine file, or any generator fastmine reads (an NVIDIA pickle in source.latent=w+ ...)
-    generator = load_any(args.model, trust_code=cfg.source.trust_code) if read_info(args.model) else \
-        load_source(args.model, cfg)
-    target = load_config_data(cfg)
-    inv = invert(generator, target, cfg.invert, seed=cfg.seed, device=resolve_device(cfg.device),
-                 progress=cfg.log.progress)
-    save_latents(out / "latents.safetensors", inv)
-    # rows of up to 16 targets, each above its reconstruction
-    pairs = [t for i in range(0, len(target), 16) for t in (target[i:i + 16], inv.images[i:i + 16])]
-    save_grid(torch.cat(pairs), out / "reconstruction.png", nrow=min(16, len(target)))
-    summary = {"n": len(target), "pixel_mse": float(inv.pixel_error.mean()),
-               "random_latent_pixel_mse": float(inv.baseline_error.mean()),
-               "feature_mse": None if inv.feature_error is None else float(inv.feature_error.mean()),
-               "invert": to_dict(cfg.invert)}
-    (out / "inversion.json").write_text(json.dumps(summary, indent=1))
-    print(f"{inv.summary()}; wrote {out / 'latents.safetensors'} and {out / 'reconstruction.png'}")
-
-
-def _convert(args):
-    cfg = load_config(None, args.overrides)
-    outside = sorted({key.split(".")[0] for key in parse_overrides(args.overrides)} - {"source"})
-    if outside:
-        raise ConfigError(f"fastmine convert takes source.* settings only, got {', '.join(outside)}")
-    src = cfg.source
-    written = convert(args.input, args.out, key=src.key, critic=not args.no_critic, overwrite=args.overwrite,
-                      latent=src.latent, truncation_psi=src.truncation_psi, truncation_cutoff=src.truncation_cutoff,
-                      noise_mode=src.noise_mode, noise=src.noise, arch=src.arch, latent_spec=src.latent_spec,
-                      allow_pickle=src.allow_pickle, trust_code=src.trust_code)
-    arch = written["generator"].get("arch", written["generator"])
-    what = arch.get("family") or arch.get("type") or arch.get("factory") or "generator"
-    critic = "no critic" if written["critic"] is None else f"critic {written['critic']:,} parameters"
-    print(f"wrote {written['path']}: {what} generator {written['parameters']:,} parameters, latents "
-          f"{json.dumps(written['latent_spec'])}, {critic}")
-
-
-def _demo(args):
-    if args.multi:
-        run_demo_multi(out=args.out, quick=args.quick, seed=args.seed, steps=args.steps, jobs=args.jobs,
-                       digits=tuple(args.digits or DIGITS), baselines=not args.pi_only)
-    else:
-        run_demo(out=args.out, quick=args.quick, seed=args.seed, seeds=args.seeds, steps=args.steps,
-                 methods=args.methods or (DEMO_METHODS + TOOLKIT_ROWS if args.toolkit else DEMO_METHODS),
-                 threads=args.threads, jobs=args.jobs)
+# `fastmine COMMAND`: adding a command is one entry here (its module loads only when it runs)
+COMMANDS = {cmd: _train_command(cmd) for cmd in COMMAND_DEFAULTS}
+COMMANDS.update({
+    "sample": Command("draw samples from a trained model file", "fastmine.apps.commands:sample", args=(
+        arg("model", help="a model file, or a run folder (its model.safetensors)"),
+        arg("--n", type=_positive, default=64),
+        arg("--seed", type=int, default=0),
+        arg("--out", default="samples.png", help=".png grid or .pt tensor"),
+        arg("--device", default="cpu"),
+        arg("--trust-code", action="store_true", help="let the file name a factory to run (see docs/models.md)"))),
+    "invert": Command(
+        "GAN inversion: latents of MODEL that reconstruct the target images", "fastmine.apps.commands:inversion",
+        epilog="keys: data.* (the images; default the 100 nines), invert.* (init, steps, lr, feature_weight, "
+               "prior_weight, ...), seed, device", check=_invert_config, args=(
+            arg("model", help="a model file, a run folder's model.safetensors, or any generator fastmine reads "
+                              "(an NVIDIA pickle: source.latent=w+ picks the space)"),
+            arg("overrides", nargs="*", help="key=value ..."),
+            arg("--out", default="runs/invert", help="folder for latents.safetensors, reconstruction.png"))),
+    "convert": Command(
+        "write any generator fastmine reads as a self-describing fastmine file", "fastmine.apps.commands:conversion",
+        epilog="keys: source.key, source.latent, source.truncation_psi, source.truncation_cutoff, "
+               "source.noise_mode, source.arch, source.latent_spec, source.allow_pickle",
+        check=_source_overrides_only, args=(
+            arg("input", help="an NVIDIA network pickle, a rosinality checkpoint, a torch checkpoint (with "
+                              "source.arch=...), a fastmine file"),
+            arg("out", help="OUT.safetensors"),
+            arg("overrides", nargs="*", help="source.key=value ..."),
+            arg("--no-critic", action="store_true", help="leave out the discriminator the input holds"),
+            arg("--overwrite", action="store_true", help="replace OUT if it exists"))),
+    "demo": Command(
+        "digits 0-8 source (cached) -> 100 nines: all methods compared in OUT/report.md",
+        "fastmine.apps.commands:demo", args=(
+            arg("--quick", action="store_true", help="tiny settings (about a minute)"),
+            arg("--out", default="runs/demo"),
+            arg("--seed", type=int, default=0, help="first seed"),
+            arg("--seeds", type=_positive, default=1, help="number of seeds (3 gives mean ± std)"),
+            arg("--methods", nargs="+", default=None, choices=list(ROWS), metavar="ROW",
+                help=f"rows to run: {', '.join(ROWS)}"),
+            arg("--toolkit", action="store_true",
+                help="also the few-shot toolkit's rows: " + ", ".join(TOOLKIT_ROWS) + " (about twice as long)"),
+            arg("--steps", type=int, default=None, help="generator updates per method"),
+            arg("--threads", type=int, default=1,
+                help="torch CPU threads per run (1 is fastest on a shared 2-core box)"),
+            arg("--jobs", type=_positive, default=1, help="runs trained in parallel processes (e.g. the core count)"),
+            arg("--multi", action="store_true",
+                help="the two-generator task instead (sources on 0-4 / 5-9, a 2/6 target): OUT/report_multi.md"),
+            arg("--digits", type=int, nargs=2, default=None, metavar=("A", "B"),
+                help=f"--multi: the target's two digits, one of 0-4 and one of 5-9 (default {DIGITS[0]} {DIGITS[1]})"),
+            arg("--pi-only", action="store_true", help="--multi: the π table only (no baselines, no fusion)"))),
+    "eval": Command("score a run folder and write RUN_DIR/report.md", "fastmine.apps.commands:evaluate", args=(
+        arg("run_dir"),
+        arg("--extractor", default="digits", choices=["digits", "inception"]),
+        arg("--inception-weights", default=None, help="local Inception-v3 weights file (never downloaded)"),
+        arg("--target-class", default="auto", help="class for the target share (default: the single digits label)"),
+        arg("--repeats", type=_positive, default=5, help="sample draws averaged"))),
+})
 
 
 def _plugins() -> dict:
@@ -186,64 +190,11 @@ def build_parser(plugins=()) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fastmine", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
-    for cmd in COMMAND_DEFAULTS:
-        methods = methods_of(cmd)
-        epilog = "methods:\n" + "\n".join(f"  {m}: {METHODS[m].summary}" for m in methods) + "\n\n" + _settings_help()
-        p = sub.add_parser(cmd, help=f"train ({', '.join(methods)})", epilog=epilog,
+    for name, command in COMMANDS.items():
+        p = sub.add_parser(name, help=command.help, epilog=command.epilog,
                            formatter_class=argparse.RawDescriptionHelpFormatter)
-        p.add_argument("overrides", nargs="*", help="[CONFIG.yaml] key=value ...")
-        p.add_argument("--resume", action="store_true",
-                       help="continue runs/NAME as it was configured, from its newest intact checkpoint "
-                            "(key=value may change " + ", ".join(RESUMABLE) + ")")
-        p.add_argument("--restart", action="store_true", help="replace what runs/NAME holds with a fresh run")
-    p = sub.add_parser("sample", help="draw samples from a trained model file")
-    p.add_argument("model", help="a model file, or a run folder (its model.safetensors)")
-    p.add_argument("--n", type=_positive, default=64)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default="samples.png", help=".png grid or .pt tensor")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--trust-code", action="store_true", help="let the file name a factory to run (see docs/models.md)")
-    p = sub.add_parser("invert", help="GAN inversion: latents of MODEL that reconstruct the target images",
-                       epilog="keys: data.* (the images; default the 100 nines), invert.* (init, steps, lr, "
-                              "feature_weight, prior_weight, ...), seed, device")
-    p.add_argument("model", help="a model file, a run folder's model.safetensors, or any generator fastmine reads "
-                                 "(an NVIDIA pickle: source.latent=w+ picks the space)")
-    p.add_argument("overrides", nargs="*", help="key=value ...")
-    p.add_argument("--out", default="runs/invert", help="folder for latents.safetensors, reconstruction.png")
-    p = sub.add_parser("convert", help="write any generator fastmine reads as a self-describing fastmine file",
-                       epilog="keys: source.key, source.latent, source.truncation_psi, source.truncation_cutoff, "
-                              "source.noise_mode, source.arch, source.latent_spec, source.allow_pickle")
-    p.add_argument("input", help="an NVIDIA network pickle, a rosinality checkpoint, a torch checkpoint (with "
-                                 "source.arch=...), a fastmine file")
-    p.add_argument("out", help="OUT.safetensors")
-    p.add_argument("overrides", nargs="*", help="source.key=value ...")
-    p.add_argument("--no-critic", action="store_true", help="leave out the discriminator the input holds")
-    p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
-    p = sub.add_parser("demo", help="digits 0-8 source (cached) -> 100 nines: all methods compared in OUT/report.md")
-    p.add_argument("--quick", action="store_true", help="tiny settings (about a minute)")
-    p.add_argument("--out", default="runs/demo")
-    p.add_argument("--seed", type=int, default=0, help="first seed")
-    p.add_argument("--seeds", type=_positive, default=1, help="number of seeds (3 gives mean ± std)")
-    p.add_argument("--methods", nargs="+", default=None, choices=list(ROWS), metavar="ROW",
-                   help=f"rows to run: {', '.join(ROWS)}")
-    p.add_argument("--toolkit", action="store_true",
-                   help="also the few-shot toolkit's rows: " + ", ".join(TOOLKIT_ROWS) + " (about twice as long)")
-    p.add_argument("--steps", type=int, default=None, help="generator updates per method")
-    p.add_argument("--threads", type=int, default=1, 
-                   help="torch CPU threads per run (1 is fastest on a shared 2-core box)")
-    p.add_argument("--jobs", type=_positive, default=1, help="runs trained in parallel processes (e.g. the core count)")
-    p.add_argument("--multi", action="store_true",
-                   help="the two-generator task instead (sources on 0-4 / 5-9, a 2/6 target): OUT/report_multi.md")
-    p.add_argument("--digits", type=int, nargs=2, default=None, metavar=("A", "B"),
-                   help="--multi: the target's two digits, one of 0-4 and one of 5-9 (default 2 6)")
-    p.add_argument("--pi-only", action="store_true", help="--multi: the π table only (no baselines, no fusion)")
-    p = sub.add_parser("eval", help="score a run folder and write RUN_DIR/report.md")
-    p.add_argument("run_dir")
-    p.add_argument("--extractor", default="digits", choices=["digits", "inception"])
-    p.add_argument("--inception-weights", default=None, help="local Inception-v3 weights file (never downloaded)")
-    p.add_argument("--target-class", default="auto",
-                   help="class for the target share (default: the single digits label)")
-    p.add_argument("--repeats", type=_positive, default=5, help="sample draws averaged")
+        for flags, kwargs in command.args:
+            p.add_argument(*flags, **kwargs)
     for name in plugins:
         sub.add_parser(name, add_help=False, help=f"{name} (fastmine {name} --help)")
     return parser
@@ -266,29 +217,25 @@ def main(argv=None):
         args.overrides += extra  # key=value after a flag (`--resume train.steps=600`)
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    command = COMMANDS[args.command]
+    module_name, function = command.run.split(":")
     try:
-        if args.command == "sample":
-            _sample(args)
-        elif args.command == "demo":
-            _demo(args)
-        elif args.command == "eval":
-            _eval(args)
-        elif args.command == "invert":
-            _invert(args)
-        elif args.command == "convert":
-            _convert(args)
-        else:
-            _train_command(args.command, args)
-    except (*BAD_INPUT, *FAILED_RUN, OSError) as e:
-        if debug:
+        if command.check is not None:
+            command.check(args)  # key=value syntax and the config, before anything heavy loads
+        getattr(importlib.import_module(module_name), function)(args)
+    except Exception as e:
+        module = sys.modules.get(module_name)
+        bad = BAD_INPUT + getattr(module, "BAD_INPUT", ())
+        failed = FAILED_RUN + getattr(module, "FAILED_RUN", ())
+        if debug or not isinstance(e, bad + failed):
             raise
         print(f"fastmine {args.command}: error: {_one_line(e)}", file=sys.stderr)
-        return 1 if isinstance(e, FAILED_RUN) else 2
+        return 1 if isinstance(e, failed) else 2
     return 0
 
 
 def _one_line(e: BaseException) -> str:
-    if isinstance(e, RunFolderError):
+    if hasattr(e, "for_cli"):  # fastmine.runfolder.RunFolderError: the flags, not the Python keywords
         return e.for_cli()
     if isinstance(e, OSError) and e.filename and e.strerror:  # a read-only folder, a full disk
         return f"{e.strerror}: {e.filename!r}"

@@ -28,7 +28,6 @@ from pathlib import Path
 from typing import Optional
 
 import yaml
-from accelerate.tracking import LOGGER_TYPE_TO_CLASS
 
 
 @dataclass
@@ -682,10 +681,13 @@ def validate(cfg: RunConfig) -> RunConfig:
     if cfg.dist.streams is not None and cfg.dist.streams < 1:
         raise ConfigError(f"dist.streams must be at least 1 (or null), got {cfg.dist.streams}")
     _positive(cfg, "perf.threads")
-    unknown = [n for n in cfg.log.trackers or () if n not in LOGGER_TYPE_TO_CLASS]
-    if unknown:
-        raise ConfigError(f"log.trackers: unknown tracker(s) {unknown}; Accelerate knows "
-                          f"{', '.join(sorted(LOGGER_TYPE_TO_CLASS))}")
+    if cfg.log.trackers:
+        # Accelerate imports torch, which reading and checking a config must not (the CLI)
+        from accelerate.tracking import LOGGER_TYPE_TO_CLASS
+        unknown = [n for n in cfg.log.trackers if n not in LOGGER_TYPE_TO_CLASS]
+        if unknown:
+            raise ConfigError(f"log.trackers: unknown tracker(s) {unknown}; Accelerate knows "
+                              f"{', '.join(sorted(LOGGER_TYPE_TO_CLASS))}")
     psi = cfg.source.truncation_psi
     if psi is not None and not 0 <= psi <= 1:
         raise ConfigError(f"source.truncation_psi must be in [0, 1] (1: no truncation), got {psi}")

@@ -12,8 +12,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
-from sklearn.datasets import load_digits as sklearn_digits
-from sklearn.model_selection import train_test_split
 
 from .config import register_choices
 
@@ -27,6 +25,10 @@ def load_digits(labels=None, limit=None, size=8, seed=0, split=None, return_labe
     images chosen at random with ``seed`` (``labels=[9], limit=100`` is the MineGAN target).
     ``split`` = "train" / "test" uses a fixed stratified 75/25 split (random_state=0).
     """
+    # scikit-learn takes seconds to import; only the built-in digits need it
+    from sklearn.datasets import load_digits as sklearn_digits
+    from sklearn.model_selection import train_test_split
+
     bunch = sklearn_digits()
     images = torch.from_numpy(bunch.images.astype(np.float32)) / 16.0 * 2.0 - 1.0
     targets = torch.from_numpy(bunch.target.astype(np.int64))

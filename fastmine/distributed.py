@@ -34,12 +34,7 @@ import sys
 from pathlib import Path
 
 import torch
-from accelerate import Accelerator
-from accelerate.utils import InitProcessGroupKwargs
 from torch import nn
-from torch.distributed.device_mesh import init_device_mesh
-from torch.distributed.fsdp import fully_shard
-from torch.distributed.tensor import DTensor
 
 from .config import register_choices
 from .files import Deferred
@@ -86,6 +81,10 @@ def setup(dist_cfg=None, device="auto"):
         kwargs["backend"] = backend
     elif cpu:
         kwargs["backend"] = "gloo"
+    # Accelerate (a while to import) only for a launched multi-process run
+    from accelerate import Accelerator
+    from accelerate.utils import InitProcessGroupKwargs
+
     acc = Accelerator(cpu=cpu, kwargs_handlers=[InitProcessGroupKwargs(**kwargs)])
     install_failure_messages()
     return acc
@@ -200,8 +199,15 @@ def make_streams(seed: int, indices, device) -> list:
 
 
 # --------------------------------------------------------------------------- sharding
+def is_dtensor(t) -> bool:
+    # FSDP2's parameters are DTensors; until something sharded them torch.distributed.tensor is
+    # not even imported (it and FSDP take seconds to import), and then nothing is a DTensor
+    module = sys.modules.get("torch.distributed.tensor")
+    return module is not None and isinstance(t, module.DTensor)
+
+
 def is_sharded_param(p) -> bool:
-    return isinstance(p, DTensor) or hasattr(p, "ds_tensor")
+    return is_dtensor(p) or hasattr(p, "ds_tensor")
 
 
 def blocks_of(module: nn.Module, parts: int = 8):
@@ -271,6 +277,10 @@ def shard_generator(adapter, shard: str, device, ds_config: dict | None = None):
 def fsdp2_shard(module: nn.Module, device):
     """``fully_shard`` each block of :func:`blocks_of`, then the root, over all ranks. Scalar
     parameters (StyleGAN2's noise strengths), which FSDP2 cannot shard, stay replicated."""
+    # imported here, on the sharding path only: FSDP takes seconds to import
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
     mesh = init_device_mesh(torch.device(device).type, (world_size(),))
     scalars = {p for p in module.parameters() if p.ndim == 0} or None
     for block in blocks_of(module):
@@ -384,7 +394,7 @@ def shard_part(t) -> tuple | None:
     ``t`` is not sharded. Both back ends split a tensor into equal flat parts: FSDP2's Shard(0)
     gives rank r rows r·⌈n/W⌉.. (torch.chunk's split; the local tensor has no padding), ZeRO-3 a
     padded flat partition. Rank r's part covers :func:`part_range` of the flattened tensor."""
-    if isinstance(t, DTensor):
+    if is_dtensor(t):
         local = t.to_local()
         return local.reshape(-1), -(-t.shape[0] // world_size()) * math.prod(t.shape[1:])
     if hasattr(t, "ds_tensor"):

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from matplotlib.figure import Figure
 from PIL import Image
 
 
@@ -45,6 +44,9 @@ def save_grid(images: torch.Tensor, path, nrow: int | None = None, scale: int | 
 
 
 def _save_vectors(x, path, real=None):
+    # matplotlib (a while to import) only for vector-valued samples' plots
+    from matplotlib.figure import Figure
+
     x = x.detach().float().cpu().numpy()
     # a Figure of its own, not pyplot: no global figure state and no GUI backend to choose
     fig = Figure(figsize=(4, 4), dpi=80)

@@ -12,8 +12,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from accelerate.tracking import LOGGER_TYPE_TO_CLASS
-from accelerate.utils import is_tensorboard_available
 
 from .config import leaves, to_dict
 
@@ -21,6 +19,9 @@ from .config import leaves, to_dict
 def resolve_names(names) -> list:
     """The trackers to start (names are checked in config.validate)."""
     if names is None:
+        # Accelerate, imported when a run starts rather than with fastmine (it takes a while)
+        from accelerate.utils import is_tensorboard_available
+
         return ["tensorboard"] if is_tensorboard_available() else []
     return list(names)
 
@@ -43,7 +44,10 @@ class Trackers:
 
     def __init__(self, names, run_dir, config):
         self.items = []
-        for name in resolve_names(names):
+        names = resolve_names(names)
+        if names:
+            from accelerate.tracking import LOGGER_TYPE_TO_CLASS
+        for name in names:
             cls = LOGGER_TYPE_TO_CLASS[name]
             run_name, folder = Path(run_dir).name, str(Path(run_dir) / "trackers")
             tracker = cls(run_name, folder) if cls.requires_logging_directory else cls(run_name)

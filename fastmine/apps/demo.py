@@ -30,26 +30,9 @@ from ..files import load_latents, load_sampler
 from ..images import save_grid
 from ..methods import METHODS
 from .pictures import interpolation_picture, keep_global_random_state, latent_picture
-from .presets import COMMAND_DEFAULTS
+from .presets import COMMAND_DEFAULTS, DEMO_METHODS, ROWS
 from .report import write_demo_report, write_run_report
 
-# the order of Table 1 (baselines first)
-DEMO_METHODS = ("scratch", "transfergan", "freezed", "minegan_noft", "minegan", "reprogram")
-# the few-shot toolkit's rows (`fastmine demo --toolkit`): a method plus an augmentation or a
-# regularizer, at the same budget. Changed from the papers to fit the demo: ADA runs with the
-# logistic loss + R1 it was made for (its p follows the sign of the critic's real scores, which a
-# WGAN critic does not give a meaning) and its p may move by 1 in 20k real images (the paper's 500k
-# would let it reach only ~0.2 in the demo's 96k); EWC's λ 50 was chosen on seed 0 from a sweep
-# (benchmarks/RESULTS.md: Li et al.'s 5e8, on a Fisher estimated from the WGAN critic's scores,
-# freezes the generator); CDC's 333 is Ojha et al.'s 1000 over their batch of 4 (their code
-# averages the KL over the N−1 neighbours, ours over the samples only).
-TOOLKIT_ROWS = ("transfergan_diffaugment", "transfergan_ada", "ewc", "cdc", "minegan_diffaugment")
-ROWS = {**{m: (m, ()) for m in DEMO_METHODS},
-        "transfergan_diffaugment": ("transfergan", ("augment.kind=diffaugment",)),
-        "transfergan_ada": ("transfergan", ("augment.kind=ada", "augment.ada_images=20000", "loss.objective=logistic")),
-        "ewc": ("transfergan", ("regularize.ewc=50",)),
-        "cdc": ("transfergan", ("regularize.cdc=333",)),
-        "minegan_diffaugment": ("minegan", ("augment.kind=diffaugment",))}
 LABELS = {"scratch": "from scratch", "transfergan": "TransferGAN", "freezed": "FreezeD",
           "minegan_noft": "MineGAN w/o FT", "minegan": "MineGAN", "reprogram": "GAN reprogramming",
           "transfergan_diffaugment": "TransferGAN + DiffAugment", "transfergan_ada": "TransferGAN + ADA",

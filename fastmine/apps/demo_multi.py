@@ -37,14 +37,11 @@ from ..images import save_grid
 from ..metrics.scores import extract
 from .demo import pretrained_source
 from .pictures import selector_picture, selector_rows
+from .presets import DIGITS
 from .report import versions_line
 
 GROUP_A = (0, 1, 2, 3, 4)
 GROUP_B = (5, 6, 7, 8, 9)
-# (one of A's digits, one of B's). Not 1 and 7: source B draws thin 7s a critic takes for 1s,
-# so B's miner wins 1-supersamples too and π_A stays near 0.55 at a true share of 0.75
-# (benchmarks/RESULTS.md); with 2 and 6 neither source draws the other's digit.
-DIGITS = (2, 6)
 RATIOS = (0.25, 0.5, 0.75)
 METRIC_RATIO = 0.5
 RULES = ("permute", "max")

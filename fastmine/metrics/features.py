@@ -29,7 +29,6 @@ import torch.nn as nn
 import torch.nn.functional as F
 from safetensors import safe_open
 from safetensors.torch import load_file
-from torchmetrics.image.fid import NoTrainInceptionV3
 
 __all__ = [
     "DigitsFeatureNet",
@@ -193,6 +192,9 @@ class InceptionFeatures(nn.Module):
                 "(`pip install torch-fidelity`, or `pip install torchmetrics[image]`); "
                 "it is only used to build the network around your local weights file."
             )
+        # torchmetrics' image metrics take seconds to import (matplotlib, scipy); only this needs them
+        from torchmetrics.image.fid import NoTrainInceptionV3
+
         self.weights_path = str(weights_path)
         self.net = NoTrainInceptionV3(
             name="inception-v3-compat",

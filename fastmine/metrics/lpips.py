@@ -24,15 +24,16 @@ of a 16 px image), 1-channel images repeated to 3. Tested against torchmetrics' 
 """
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 import torch
-import torchmetrics
 from torch import nn
 from torch.nn import functional as F
 
 BACKBONE_FILE = "alexnet-owt-7be5be79.pth"
-LIN_FILE = Path(torchmetrics.__file__).parent / "functional" / "image" / "lpips_models" / "alex.pth"
+# found without importing torchmetrics (seconds: matplotlib, scipy)
+LIN_FILE = Path(importlib.util.find_spec("torchmetrics").origin).parent / "functional/image/lpips_models/alex.pth"
 # AlexNet's convolutions (in, out, kernel, stride, padding), torchvision's feature indices,
 # and a 3x3/2 max-pool before the second and third
 CONVS = ((3, 64, 11, 4, 2), (64, 192, 5, 1, 2), (192, 384, 3, 1, 1), (384, 256, 3, 1, 1), (256, 256, 3, 1, 1))

@@ -83,7 +83,6 @@ from typing import Optional
 import numpy as np
 import torch
 import torch.nn as nn
-from torchmetrics.image.fid import FrechetInceptionDistance
 
 __all__ = ["fid", "kmmd", "mv", "target_share", "extract", "kid", "kid_plan", "knn_radii", "precision_recall",
            "intra_cluster_diversity", "MEDIAN_MAX_POINTS", "KID_SUBSETS", "KID_SUBSET_SIZE", "PR_K"]
@@ -129,6 +128,9 @@ def fid(real_feats, fake_feats) -> float:
         raise ValueError(f"feature dims differ: {r.shape[1]} vs {f.shape[1]}")
     if len(r) < 2 or len(f) < 2:
         raise ValueError("FID needs at least 2 samples per set")
+    # torchmetrics' image metrics take seconds to import (matplotlib, scipy): imported when scoring
+    from torchmetrics.image.fid import FrechetInceptionDistance
+
     metric = FrechetInceptionDistance(feature=_Identity(r.shape[1]), reset_real_features=True)
     metric.update(r, real=True)
     metric.update(f, real=False)

@@ -34,8 +34,6 @@ import math
 from typing import Optional, Sequence
 
 import numpy as np
-import scipy.signal
-import scipy.special
 import torch
 from torch import nn
 
@@ -63,6 +61,10 @@ def design_lowpass_filter(numtaps: int, cutoff: float, width: float, fs: float,
         raise ValueError(f"a low-pass filter needs at least one tap, got numtaps={numtaps}")
     if numtaps == 1:
         return None
+    # SciPy (a second to import) only when a StyleGAN3 generator is built
+    import scipy.signal
+    import scipy.special
+
     if not radial:
         return torch.as_tensor(scipy.signal.firwin(numtaps=numtaps, cutoff=cutoff, width=width, fs=fs),
                                dtype=torch.float32)
