@@ -12,7 +12,7 @@ import pytest
 import fastmine
 from fastmine import cli
 from fastmine.apps import commands
-from fastmine.files import RunFolderBusy
+from fastmine.runfolder import RunFolderBusy
 from fastmine.trainer import RunInterrupted
 
 README = Path(__file__).resolve().parents[1] / "README.md"
