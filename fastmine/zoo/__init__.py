@@ -1,4 +1,9 @@
-"""Pretrained generator families fastmine builds itself: StyleGAN2(-ADA) and StyleGAN3.
+"""Pretrained generator families fastmine builds itself: StyleGAN2(-ADA), StyleGAN3 and the zoo's
+families (:data:`READERS`: Progressive GAN, ...).
+
+Each zoo family is one module holding its networks and a reader: ``sniff(obj, path)`` says whether
+a loaded checkpoint object is one of its files, ``read(obj, path, role, key)`` gives (family,
+constructor kwargs, state dict, where in the file) for the generator or the critic.
 
 The networks (:mod:`.stylegan2`, :mod:`.stylegan3`) are fastmine's own plain-PyTorch code with
 the official constructor keywords and parameter names, so the tensors of an NVIDIA network
@@ -31,10 +36,15 @@ import torch
 from torch import nn
 
 from ..latent import LatentSpec
-from . import stylegan2, stylegan3
+from . import pggan, stylegan2, stylegan3
 
+# the zoo's readers, tried in order on a loaded checkpoint by files.read_weights
+READERS = {"pggan": pggan}
 GENERATORS = {"stylegan2": stylegan2.Generator, "stylegan3": stylegan3.Generator}
-DISCRIMINATORS = {"stylegan2": stylegan2.Discriminator, "stylegan3": stylegan2.Discriminator}
+# generators fed z alone (ZSource): no mapping network whose w could be mined instead
+Z_GENERATORS = {**pggan.GENERATORS}
+DISCRIMINATORS = {"stylegan2": stylegan2.Discriminator, "stylegan3": stylegan2.Discriminator,
+                  **pggan.DISCRIMINATORS}
 LATENTS = ("z", "w", "w+")
 NOISE_MODES = ("const", "random", "none")
 W_STATS_SAMPLES = 10_000  # mapping samples behind w_std: its relative standard error is ~1/sqrt(2n) = 0.7 %
@@ -62,6 +72,8 @@ class StyleGANSource(nn.Module):
     ``kwargs``: the official constructor keywords. ``noise_mode``: ``const`` (the network's
     fixed noise buffers, deterministic, the default), ``random`` or ``none``.
     """
+
+    needs_calibration = True  # w_std, measured once the weights are in
 
     def __init__(self, family: str, kwargs: dict, latent: str = "z", truncation_psi: float = 1.0,
                  truncation_cutoff: int | None = None, noise_mode: str = "const", noise: int = 0):
@@ -159,6 +171,31 @@ class StyleGANSource(nn.Module):
                 layer.mined_noise = None
 
 
+class ZSource(nn.Module):
+    """A zoo generator fed z ~ N(0, I) alone (ProGAN, ...): ``net(z)`` -> images."""
+
+    needs_calibration = False
+
+    def __init__(self, family: str, kwargs: dict, latent: str = "z", **options):
+        super().__init__()
+        if latent != "z" or options:
+            chosen = ", ".join([*(["latent"] if latent != "z" else []), *options])
+            raise ValueError(f"a {family} generator is mined in z only: leave {chosen} unset (source.latent, "
+                             "truncation and noise settings choose how a StyleGAN source is mined)")
+        self.net = _check_family(family, Z_GENERATORS)(**kwargs)
+        self.family, self.kwargs, self.latent = family, dict(kwargs), latent
+
+    def arch(self) -> dict:
+        return {"family": self.family, "kwargs": self.kwargs, "latent": self.latent}
+
+    @property
+    def latent_spec(self) -> LatentSpec:
+        return LatentSpec({"z": ((self.net.z_dim,), "normal")})
+
+    def forward(self, z=None, **latents):
+        return self.net(latents["z"] if z is None else z)
+
+
 class StyleGANCritic(nn.Module):
     """A StyleGAN2 discriminator as a fastmine critic: images -> one score per image.
 
@@ -177,21 +214,28 @@ class StyleGANCritic(nn.Module):
         super().__init__()
         self.net = _check_family(family, DISCRIMINATORS)(**kwargs)
         self.family, self.kwargs = family, dict(kwargs)
-        c_dim = self.net.c_dim
+        c_dim = getattr(self.net, "c_dim", 0)
         self.register_buffer("c", torch.full((c_dim,), 1.0 / c_dim) if c_dim else torch.zeros(0))
 
     def arch(self) -> dict:
         return {"family": self.family, "kwargs": self.kwargs}
 
     def forward(self, x):
+        if self.family in Z_GENERATORS:  # the zoo's critics take images alone; their first output is the score
+            return self.net(x)[:, 0]
         c = self.c.expand(x.shape[0], -1) if self.net.c_dim else None
         return self.net(x, c).squeeze(1)
 
 
-def build_source(arch: dict) -> StyleGANSource:
-    """The :class:`StyleGANSource` an arch dict describes (weights still to be loaded)."""
+def make_source(family: str, kwargs: dict, **options) -> nn.Module:
+    """The mining source of a family: a :class:`ZSource` or a :class:`StyleGANSource` (weights still to be loaded)."""
+    return (ZSource if family in Z_GENERATORS else StyleGANSource)(family, kwargs, **options)
+
+
+def build_source(arch: dict) -> nn.Module:
+    """The source an arch dict describes (weights still to be loaded)."""
     arch = dict(arch)
-    return StyleGANSource(arch.pop("family"), arch.pop("kwargs"), **arch)
+    return make_source(arch.pop("family"), arch.pop("kwargs"), **arch)
 
 
 def build_critic(arch: dict) -> StyleGANCritic:
