@@ -36,11 +36,11 @@ import torch
 from torch import nn
 
 from ..latent import LatentSpec
-from . import pggan, stylegan2, stylegan3
+from . import pggan, stylegan1, stylegan2, stylegan3
 
 # the zoo's readers, tried in order on a loaded checkpoint by files.read_weights
-READERS = {"pggan": pggan}
-GENERATORS = {"stylegan2": stylegan2.Generator, "stylegan3": stylegan3.Generator}
+READERS = {"pggan": pggan, "stylegan1": stylegan1}
+GENERATORS = {"stylegan2": stylegan2.Generator, "stylegan3": stylegan3.Generator, **stylegan1.GENERATORS}
 # generators fed z alone (ZSource): no mapping network whose w could be mined instead
 Z_GENERATORS = {**pggan.GENERATORS}
 DISCRIMINATORS = {"stylegan2": stylegan2.Discriminator, "stylegan3": stylegan2.Discriminator,
