@@ -71,7 +71,7 @@ def test_genforce_widths_and_resolution_come_from_the_tensors():
                                                                 fmaps_max=16)
     # the official full-size widths (512 up to 32 px, then halving) give the official fmaps
     widths = {4 * 2 ** b: min(16384 // (4 * 2 ** b), 512) for b in range(9)}
-    assert pggan._fmaps(widths, path) == dict(fmaps_base=16384, fmaps_max=512)
+    assert pggan.fmaps_for(widths, path) == dict(fmaps_base=16384, fmaps_max=512)
 
 
 def test_files_saved_mid_growth_or_conditional_are_refused(tmp_path):

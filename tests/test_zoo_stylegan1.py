@@ -3,7 +3,8 @@
 The fixture (tests/fixtures/official/stylegan1_genforce.safetensors, made by
 scripts/reference_stylegan1.py) holds a small 128 px genforce StyleGANGenerator (its fused upsampling
 from 128 px included) as float16-valued tensors under genforce's names, with the float32 images
-genforce's code computed: z[0] untruncated, z[1] at psi 0.7 on the first 8 of its 12 layers.
+genforce's code computed: z[0] untruncated, z[1] at psi 0.7 on the first 8 of its 12 layers; and
+its discriminator (D.*) with the scores genforce's code gives 4 images built from those two.
 """
 from __future__ import annotations
 
@@ -15,8 +16,8 @@ import torch
 from safetensors import safe_open
 
 import fastmine as fm
-from fastmine.files import has_critic, load_sampler
-from fastmine.zoo import StyleGANSource, stylegan1
+from fastmine.files import has_critic, load_critic, load_sampler
+from fastmine.zoo import StyleGANCritic, StyleGANSource, stylegan1
 
 FIXTURES = Path(__file__).parent / "fixtures" / "official"
 TOL = 1e-4  # the issue's bar for fp32 images against the official code
@@ -26,8 +27,9 @@ def fixture():
     with safe_open(str(FIXTURES / "stylegan1_genforce.safetensors"), "pt") as f:
         meta = f.metadata()
         tensors = {k: f.get_tensor(k) for k in f.keys()}
-    state = {k: v.float() for k, v in tensors.items() if "." in k}
+    state = {k: v.float() for k, v in tensors.items() if "." in k and not k.startswith("D.")}
     refs = {k: v for k, v in tensors.items() if "." not in k}
+    refs["D"] = {k[2:]: v.float() for k, v in tensors.items() if k.startswith("D.")}
     return state, refs, {k: json.loads(v) if v[:1] in "{[" else v for k, v in meta.items()}
 
 
@@ -37,8 +39,7 @@ def checkpoint(tmp_path_factory):
     state, refs, meta = fixture()
     raw = {k: v + 0.5 if k.endswith("style.bias") else v for k, v in state.items()}  # another network as "generator"
     path = tmp_path_factory.mktemp("stylegan1") / "stylegan_ffhq1024.pth"
-    torch.save({"generator": raw, "discriminator": {"layer0.weight": torch.zeros(1)}, "generator_smooth": state},
-               path)
+    torch.save({"generator": raw, "discriminator": refs["D"], "generator_smooth": state}, path)
     return path, refs, meta
 
 
@@ -85,15 +86,26 @@ def test_w_and_w_plus_are_standardised_as_for_stylegan2(checkpoint):
     assert torch.allclose(((samples - g.mapping.w_avg) / w.w_std).std(0), torch.ones(16), atol=0.1)
 
 
-def test_noise_modes_and_the_critic(checkpoint):
+def test_the_discriminator_gives_the_official_scores_as_the_first_critic(checkpoint):
+    path, refs, meta = checkpoint
+    assert has_critic(path)
+    critic = load_critic(path)
+    assert isinstance(critic, StyleGANCritic) and critic.family == "stylegan1"
+    assert critic.kwargs == dict(resolution=128, image_channels=3, minibatch_std_group_size=4, fmaps_base=256,
+                                 fmaps_max=16)
+    assert critic.net.fused == [True, False, False, False, False]  # stride-2 at 128 px, as the released models
+    x = torch.cat([refs["img_psi1"], refs["img_psi07_cutoff8"]]) * 0.5
+    with torch.no_grad():
+        scores = critic(torch.cat([x, x.flip(3)]))
+    assert (scores - refs["d_scores"][:, 0]).abs().max() <= TOL
+
+
+def test_noise_modes(checkpoint):
     path, refs, _ = checkpoint
     with torch.no_grad():
         none = fm.load_generator(path, noise_mode="none")({"z": refs["z"][:1]})
         rand = fm.load_generator(path, noise_mode="random")({"z": refs["z"][:1]})
     assert (none - refs["img_psi1"]).abs().max() > 1e-3 and (rand - none).abs().max() > 1e-3
-    assert not has_critic(path)  # its discriminator is not built: a fresh critic is used
-    with pytest.raises(ValueError, match="fastmine builds its generator, not its discriminator"):
-        fm.files.load_critic(path)
 
 
 def test_converted_file_reloads_with_the_same_images(checkpoint, tmp_path):
@@ -104,6 +116,7 @@ def test_converted_file_reloads_with_the_same_images(checkpoint, tmp_path):
     with torch.no_grad():
         img = sampler.generator({"z": refs["z"][1:]})
     assert (img - refs["img_psi07_cutoff8"]).abs().max() <= TOL
+    assert isinstance(load_critic(out), StyleGANCritic)
 
 
 def test_mid_growth_and_per_layer_w_files_are_refused(tmp_path):

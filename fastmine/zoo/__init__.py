@@ -41,10 +41,12 @@ from . import pggan, stylegan1, stylegan2, stylegan3
 # the zoo's readers, tried in order on a loaded checkpoint by files.read_weights
 READERS = {"pggan": pggan, "stylegan1": stylegan1}
 GENERATORS = {"stylegan2": stylegan2.Generator, "stylegan3": stylegan3.Generator, **stylegan1.GENERATORS}
+# critics that take images alone (no class input)
+ZOO_CRITICS = (*pggan.DISCRIMINATORS, *stylegan1.DISCRIMINATORS)
 # generators fed z alone (ZSource): no mapping network whose w could be mined instead
 Z_GENERATORS = {**pggan.GENERATORS}
 DISCRIMINATORS = {"stylegan2": stylegan2.Discriminator, "stylegan3": stylegan2.Discriminator,
-                  **pggan.DISCRIMINATORS}
+                  **pggan.DISCRIMINATORS, **stylegan1.DISCRIMINATORS}
 LATENTS = ("z", "w", "w+")
 NOISE_MODES = ("const", "random", "none")
 W_STATS_SAMPLES = 10_000  # mapping samples behind w_std: its relative standard error is ~1/sqrt(2n) = 0.7 %
@@ -221,7 +223,7 @@ class StyleGANCritic(nn.Module):
         return {"family": self.family, "kwargs": self.kwargs}
 
     def forward(self, x):
-        if self.family in Z_GENERATORS:  # the zoo's critics take images alone; their first output is the score
+        if self.family in ZOO_CRITICS:  # the zoo's critics take images alone; their first output is the score
             return self.net(x)[:, 0]
         c = self.c.expand(x.shape[0], -1) if self.net.c_dim else None
         return self.net(x, c).squeeze(1)

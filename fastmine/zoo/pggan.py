@@ -204,7 +204,7 @@ class PGGANGenerator(nn.Module):
         return torch.tanh(image) if self.final_tanh else image
 
 
-def _genforce_mbstd(x: torch.Tensor, group_size: int) -> torch.Tensor:
+def genforce_mbstd(x: torch.Tensor, group_size: int) -> torch.Tensor:
     """genforce's (TF's) minibatch std: groups of min(G, N) strided across the batch, biased
     variance, one feature."""
     n, c, h, w = x.shape
@@ -243,7 +243,7 @@ class PGGANDiscriminator(nn.Module):
             x = F.avg_pool2d(F.leaky_relu(getattr(self, f"layer{2 * block + 1}").conv(x, 1), LEAK), 2)
         last = self.num_blocks - 1
         if self.minibatch_std_group_size > 1:
-            x = _genforce_mbstd(x, self.minibatch_std_group_size)
+            x = genforce_mbstd(x, self.minibatch_std_group_size)
         x = F.leaky_relu(getattr(self, f"layer{2 * last}").conv(x, 1), LEAK)
         x = F.leaky_relu(getattr(self, f"layer{2 * last + 1}").dense(x), LEAK)
         return getattr(self, f"layer{2 * last + 2}").dense(x)
@@ -325,25 +325,26 @@ def _read_genforce(obj, path, role, key):
         w0 = state["layer0.weight"]
         widths = {4 * 2 ** b: int(state[f"layer{2 * b + 1}.weight"].shape[0]) for b in range(n_out)}
         kwargs = dict(resolution=resolution, z_space_dim=int(w0.shape[1]),
-                      image_channels=int(state["output0.weight"].shape[0]), **_fmaps(widths, path))
+                      image_channels=int(state["output0.weight"].shape[0]), **fmaps_for(widths, path))
         return "pggan_genforce", kwargs, state, name
     n_in = sum(1 for k in state if k.startswith("input") and k.endswith(".weight"))
     resolution = 4 * 2 ** (n_in - 1)
     widths = {resolution // 2 ** b: int(state[f"input{b}.weight"].shape[0]) for b in range(n_in)}
     last = state[f"layer{2 * (n_in - 1)}.weight"]
     kwargs = dict(resolution=resolution, image_channels=int(state["input0.weight"].shape[1]),
-                  minibatch_std_group_size=16 if last.shape[1] > last.shape[0] else 0, **_fmaps(widths, path))
+                  minibatch_std_group_size=16 if last.shape[1] > last.shape[0] else 0, **fmaps_for(widths, path))
     return "pggan_genforce", kwargs, state, name
 
 
-def _fmaps(widths: dict, path) -> dict:
-    """fmaps_base and fmaps_max that give these widths (the official 16384 and 512 when they do)."""
+def fmaps_for(widths: dict, path, builder: str = "genforce's PGGAN") -> dict:
+    """genforce's fmaps_base and fmaps_max that give these widths {resolution: channels} (its
+    16384 and 512 when they do)."""
     fmaps_max = max(widths.values())
     for base in sorted({GENFORCE_FMAPS_BASE, *(w * r for r, w in widths.items())}):
         if all(_nf(r, base, fmaps_max) == w for r, w in widths.items()):
             return dict(fmaps_base=base, fmaps_max=fmaps_max)
     raise ValueError(f"{str(path)!r}: the widths per resolution {widths} are not min(fmaps_base // res, fmaps_max) "
-                     "for any fmaps_base, which genforce's PGGAN builds")
+                     f"for any fmaps_base, which {builder} builds")
 
 
 def read(obj, path, role, key) -> tuple[str, dict, dict, str]:

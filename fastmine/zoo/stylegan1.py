@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .pggan import LEAK, pixel_norm
+from .pggan import LEAK, WScaled, fmaps_for, genforce_mbstd, pixel_norm
 from .stylegan2 import truncate
 
 NOISE_MODES = ("const", "random", "none")
@@ -84,10 +84,8 @@ class StyleLayer(nn.Module):
         gain = 1.0 if position == "last" else math.sqrt(2.0)
         self.wscale = gain / math.sqrt(in_channels * kernel_size * kernel_size)
         if upsample:
-            taps = torch.tensor(BLUR_TAPS)
-            kernel = torch.outer(taps, taps)
             self.blur = nn.Module()
-            self.blur.register_buffer("kernel", (kernel / kernel.sum()).expand(out_channels, 1, 3, 3).clone())
+            self.blur.register_buffer("kernel", _blur_kernel(out_channels))
 
     def forward(self, x, w, noise_mode="const"):
         if self.position == "const_init":
@@ -173,9 +171,70 @@ class Generator(nn.Module):
         return self.synthesis(self.mapping(z, c, truncation_psi, truncation_cutoff), noise_mode=noise_mode)
 
 
+def _blur_kernel(channels):
+    taps = torch.tensor(BLUR_TAPS)
+    kernel = torch.outer(taps, taps)
+    return (kernel / kernel.sum()).expand(channels, 1, 3, 3).clone()
+
+
+class Discriminator(nn.Module):
+    """genforce's StyleGANDiscriminator (its keywords and names; no labels, lod 0); returns [N, 1].
+
+    As the PGGAN critic, plus a [1, 2, 1] blur before each downsampling convolution, which is a
+    stride-2 convolution of the 4-tap-averaged kernel from 128 px (``fused_scale="auto"``) and
+    a convolution then 2x2 average pooling below; minibatch std over groups of 4."""
+
+    def __init__(self, resolution, image_channels=3, fused_scale="auto", minibatch_std_group_size=4,
+                 fmaps_base=FMAPS_BASE, fmaps_max=FMAPS_MAX):
+        super().__init__()
+        self.minibatch_std_group_size = minibatch_std_group_size
+        self.register_buffer("lod", torch.zeros(()))
+        self.num_blocks = int(math.log2(resolution)) - 1
+        self.fused = []
+        mbstd = int(minibatch_std_group_size > 1)
+        for block in range(self.num_blocks):
+            res = resolution // 2 ** block
+            nf, nf_next = min(fmaps_base // res, fmaps_max), min(fmaps_base // (res // 2), fmaps_max)
+            self.add_module(f"input{block}", WScaled((nf, image_channels, 1, 1)))
+            if res > 4:
+                self.add_module(f"layer{2 * block}", WScaled((nf, nf, 3, 3)))
+                down = WScaled((nf_next, nf, 3, 3))
+                down.blur = nn.Module()
+                down.blur.register_buffer("kernel", _blur_kernel(nf))
+                self.add_module(f"layer{2 * block + 1}", down)
+                self.fused.append(res >= FUSED_SCALE_MIN_RES if fused_scale == "auto" else bool(fused_scale))
+            else:
+                self.add_module(f"layer{2 * block}", WScaled((nf, nf + mbstd, 3, 3)))
+                self.add_module(f"layer{2 * block + 1}", WScaled((nf_next, nf * 16)))
+        self.add_module(f"layer{2 * self.num_blocks}", WScaled((1, nf_next), gain=1.0))
+
+    def forward(self, image):
+        x = F.leaky_relu(self.input0.conv(image, 0), LEAK)
+        for block in range(self.num_blocks - 1):
+            x = F.leaky_relu(getattr(self, f"layer{2 * block}").conv(x, 1), LEAK)
+            down = getattr(self, f"layer{2 * block + 1}")
+            x = F.conv2d(x, down.blur.kernel, padding=1, groups=x.shape[1])
+            weight = down.weight * down.wscale
+            if self.fused[block]:
+                weight = F.pad(weight, (1, 1, 1, 1))
+                weight = (weight[:, :, 1:, 1:] + weight[:, :, :-1, 1:] + weight[:, :, 1:, :-1]
+                          + weight[:, :, :-1, :-1]) * 0.25
+                x = F.conv2d(x, weight, down.bias, stride=2, padding=1)
+            else:
+                x = F.avg_pool2d(F.conv2d(x, weight, down.bias, padding=1), 2)
+            x = F.leaky_relu(x, LEAK)
+        last = self.num_blocks - 1
+        if self.minibatch_std_group_size > 1:
+            x = genforce_mbstd(x, self.minibatch_std_group_size)
+        x = F.leaky_relu(getattr(self, f"layer{2 * last}").conv(x, 1), LEAK)
+        x = F.leaky_relu(getattr(self, f"layer{2 * last + 1}").dense(x), LEAK)
+        return getattr(self, f"layer{2 * last + 2}").dense(x)
+
+
 # --------------------------------------------------------------------------- reading
 GENFORCE_KEYS = ("mapping.dense0.weight", "synthesis.layer0.const", "synthesis.output0.weight", "truncation.w_avg")
 GENFORCE_ROLES = {"generator": "generator_smooth", "critic": "discriminator"}
+BUILDER = "genforce's StyleGAN"
 
 
 def _genforce_generator(state) -> bool:
@@ -188,9 +247,8 @@ def sniff(obj, path) -> bool:
 
 def read(obj, path, role, key) -> tuple[str, dict, dict, str]:
     name = key or GENFORCE_ROLES[role]
-    if role == "critic" and key is None:
-        raise ValueError(f"{str(path)!r} is a genforce StyleGAN checkpoint: fastmine builds its generator, not its "
-                         "discriminator; pass another critic (source.critic=...) or none to start from a fresh one")
+    if role == "critic":
+        return _read_discriminator(obj, path, name)
     state = obj.get(name)
     if not _genforce_generator(state):
         found = ", ".join(str(k) for k, v in obj.items() if isinstance(v, dict)) or "none"
@@ -207,18 +265,37 @@ def read(obj, path, role, key) -> tuple[str, dict, dict, str]:
     n_out = sum(1 for k in state if k.startswith("synthesis.output") and k.endswith(".weight"))
     resolution = 4 * 2 ** (n_out - 1)
     widths = {4 * 2 ** b: int(state[f"synthesis.layer{2 * b + 1}.weight"].shape[0]) for b in range(n_out)}
-    fmaps_max = max(widths.values())
-    fmaps_base = next((b for b in sorted({FMAPS_BASE, *(w * r for r, w in widths.items())})
-                       if all(min(b // r, fmaps_max) == w for r, w in widths.items())), None)
-    if fmaps_base is None:
-        raise ValueError(f"{str(path)!r}: the widths per resolution {widths} are not min(fmaps_base // res, "
-                         "fmaps_max) for any fmaps_base, which genforce's StyleGAN builds")
     kwargs = dict(resolution=resolution, z_space_dim=int(state["mapping.dense0.weight"].shape[1]),
                   w_space_dim=int(state["mapping.w_avg"].numel()), mapping_layers=mapping_layers,
                   mapping_fmaps=int(state["mapping.dense0.weight"].shape[0]),
-                  image_channels=int(state["synthesis.output0.weight"].shape[0]), fmaps_base=fmaps_base,
-                  fmaps_max=fmaps_max)
+                  image_channels=int(state["synthesis.output0.weight"].shape[0]),
+                  **fmaps_for(widths, path, BUILDER))
+    return "stylegan1", kwargs, state, name
+
+
+def _read_discriminator(obj, path, name):
+    state = obj.get(name)
+    if not (isinstance(state, dict) and all(k in state for k in ("input0.weight", "layer0.weight", "lod"))):
+        found = ", ".join(str(k) for k, v in obj.items() if isinstance(v, dict)) or "none"
+        raise ValueError(f"{str(path)!r} is a genforce StyleGAN checkpoint without a discriminator under {name!r} "
+                         f"(it has {found}); pass key= naming it, or another critic (source.critic=...)")
+    state = {k: v.detach().float() for k, v in state.items()}
+    if float(state["lod"]) != 0:
+        raise ValueError(f"{str(path)!r}: {name} is at lod={float(state['lod'])} (mid progressive growing); "
+                         "fastmine builds a StyleGAN at its final resolution (lod 0)")
+    n_in = sum(1 for k in state if k.startswith("input") and k.endswith(".weight"))
+    resolution = 4 * 2 ** (n_in - 1)
+    widths = {resolution // 2 ** b: int(state[f"input{b}.weight"].shape[0]) for b in range(n_in)}
+    last = state[f"layer{2 * (n_in - 1)}.weight"]
+    outputs = state[f"layer{2 * n_in}.weight"].shape[0]
+    if outputs != 1:
+        raise ValueError(f"{str(path)!r}: a conditional StyleGAN discriminator ({outputs} outputs), which fastmine "
+                         "does not build")
+    kwargs = dict(resolution=resolution, image_channels=int(state["input0.weight"].shape[1]),
+                  minibatch_std_group_size=4 if last.shape[1] > last.shape[0] else 0,
+                  **fmaps_for(widths, path, BUILDER))
     return "stylegan1", kwargs, state, name
 
 
 GENERATORS = {"stylegan1": Generator}
+DISCRIMINATORS = {"stylegan1": Discriminator}
