@@ -61,7 +61,9 @@ _NP_DTYPE_CHARS = "?bhilqBHILQefdgFDG"  # bool, signed and unsigned ints, floats
 # allows tensors, storages, dtypes, torch.Size, torch.device, OrderedDict, Counter, set,
 # bytearray, complex). Each entry builds plain data and runs no code from the file:
 # - argparse.Namespace: a bag of attributes (rosinality and many repos save their ``args``);
-#   building one sets attributes, nothing else.
+#   building one sets attributes, nothing else. facebookresearch/pytorch_GAN_zoo pickles its
+#   config as its own empty class models.utils.config.BaseConfig, the same bag of attributes:
+#   read as a Namespace.
 # - numpy arrays (ndarray, _reconstruct): memory of a numeric dtype filled from bytes.
 # - numpy scalars (scalar) and dtypes (dtype, and the dtype classes the unpickler must see to
 #   restore a dtype's byte order): values such as a saved best_fid. No object or string
@@ -70,6 +72,7 @@ _NP_DTYPE_CHARS = "?bhilqBHILQefdgFDG"  # bool, signed and unsigned ints, floats
 # (numpy._core) names, since files name whichever numpy wrote them.
 TORCH_SAFE_GLOBALS = [
     argparse.Namespace,
+    (argparse.Namespace, "models.utils.config.BaseConfig"),
     np.ndarray,
     np.dtype,
     *sorted({type(np.dtype(c)) for c in _NP_DTYPE_CHARS}, key=str),
@@ -568,6 +571,24 @@ NETWORK_PICKLE_GLOBALS = {
 }
 _BUDGETED = {_bytearray, _np_reconstruct, _np_frombuffer, _load_storage}
 TF_NETWORK = "dnnlib.tflib.network.Network"
+TF_NETWORKS = (TF_NETWORK, "tfutil.Network")  # StyleGAN / StyleGAN2's dnnlib; progressive_growing_of_gans' tfutil
+# what a TF-era network's build function is called, in the file's head -> (what it is, genforce's model type)
+TF_GENFORCE_TYPES = {b"G_paper": ("Progressive GAN", "pggan"), b"G_style": ("StyleGAN (v1)", "stylegan")}
+
+
+def _tf_refusal(path, full: str) -> str:
+    """One line saying how to convert a TensorFlow-era pickle: genforce's converter for ProGAN and
+    StyleGAN (v1), whose PyTorch checkpoints fastmine reads; the official legacy.py for StyleGAN2."""
+    with open(path, "rb") as f:
+        head = f.read(1 << 20)
+    for marker, (what, model_type) in TF_GENFORCE_TYPES.items():
+        if marker in head or (full == "tfutil.Network" and model_type == "pggan"):
+            return (f"{str(path)} is a TensorFlow-era {what} pickle ({full}); fastmine reads its PyTorch checkpoints: "
+                    f"convert it with genforce's converter (github.com/genforce/genforce, TensorFlow 1.x), python "
+                    f"convert_model.py {model_type} --source_model_path={str(path)} --target_model_path=converted.pth")
+    return (f"{str(path)} is a TensorFlow-era StyleGAN pickle ({full}); fastmine reads PyTorch-era "
+            "pickles: convert it with the official stylegan2-ada-pytorch or stylegan3 code, "
+            f"python legacy.py --source={str(path)} --dest=converted.pkl")
 
 
 class _RestrictedUnpickler(pickle._Unpickler):
@@ -599,11 +620,8 @@ class _RestrictedUnpickler(pickle._Unpickler):
         # find_class this replaces
         module = {"__builtin__": "builtins"}.get(module, module)
         full = f"{module}.{name}"
-        if full == TF_NETWORK:
-            raise ValueError(
-                f"{str(self.path)} is a TensorFlow-era StyleGAN pickle ({TF_NETWORK}); fastmine reads PyTorch-era "
-                "pickles: convert it with the official stylegan2-ada-pytorch or stylegan3 code, "
-                f"python legacy.py --source={str(self.path)} --dest=converted.pkl")
+        if full in TF_NETWORKS:
+            raise ValueError(_tf_refusal(self.path, full))
         if full not in NETWORK_PICKLE_GLOBALS:
             raise ValueError(
                 f"{str(self.path)} refers to {full}, which fastmine does not load: it reads only networks, tensors "

@@ -34,14 +34,14 @@ import torch
 from safetensors import safe_open
 from torch import nn
 
-from . import checkpoints
+from . import checkpoints, zoo
 from .fusion import FusedSampler
 from .latent import LatentSpec
 from .miner import Miner
 from .multi import MultiSampler
 from .nets import build_critic, build_generator
 from .samplers import GeneratorAdapter, Sampler
-from .zoo import StyleGANCritic, StyleGANSource, family_of, rosinality, stylegan2
+from .zoo import StyleGANCritic, StyleGANSource, ZSource, family_of, rosinality, stylegan2
 
 FORMAT_VERSION = 1
 FACTORY_SPEC = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")  # package.module:function
@@ -239,6 +239,10 @@ def read_weights(path, role="generator", key=None) -> Weights:
     if path.suffix == ".safetensors":
         return Weights(*checkpoints.read_state_dict(path, key, role))
     obj = checkpoints.load_checkpoint(path)
+    for reader in zoo.READERS.values():
+        if reader.sniff(obj, path):
+            family, kwargs, state, where = reader.read(obj, path, role, key)
+            return Weights(state, where, family, kwargs)
     if _is_rosinality(obj):
         nets = rosinality.convert_checkpoint(obj, generator=key or "g_ema")
         name = "G" if role == "generator" else "D"
@@ -387,13 +391,14 @@ def load_generator(source, latent_spec=None, arch=None, call=None, allow_pickle=
     else:
         weights = read_weights(source, "generator", key)
         if weights.family is not None:
-            module = StyleGANSource(weights.family, weights.kwargs, **options)
+            module = zoo.make_source(weights.family, weights.kwargs, **options)
             load_state(module.net, weights.state, f"generator ({weights.where})", source)
-            module.calibrate()
+            if module.needs_calibration:
+                module.calibrate()
             build = {"arch": module.arch()}
         else:
             module, build = _module_for(arch, factory_kwargs, weights.state, source, weights.where)
-    if options and not isinstance(module, StyleGANSource):
+    if options and not isinstance(module, (StyleGANSource, ZSource)):
         raise ValueError(f"{', '.join(options)} choose how a StyleGAN2/3 source is mined; {str(source)!r} builds a "
                          f"{type(module).__name__}: leave source.latent, truncation and noise settings unset for it")
     return GeneratorAdapter(module, latent_spec_of(module, latent_spec), call=call, build=build, frozen=frozen)

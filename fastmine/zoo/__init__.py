@@ -1,4 +1,9 @@
-"""Pretrained generator families fastmine builds itself: StyleGAN2(-ADA) and StyleGAN3.
+"""Pretrained generator families fastmine builds itself: StyleGAN2(-ADA), StyleGAN3 and the zoo's
+families (:data:`READERS`: Progressive GAN, ...).
+
+Each zoo family is one module holding its networks and a reader: ``sniff(obj, path)`` says whether
+a loaded checkpoint object is one of its files, ``read(obj, path, role, key)`` gives (family,
+constructor kwargs, state dict, where in the file) for the generator or the critic.
 
 The networks (:mod:`.stylegan2`, :mod:`.stylegan3`) are fastmine's own plain-PyTorch code with
 the official constructor keywords and parameter names, so the tensors of an NVIDIA network
@@ -32,11 +37,18 @@ from torch import nn
 
 from ..config import register_choices
 from ..latent import LatentSpec
-from . import stylegan2, stylegan3
+from . import pggan, stylegan1, stylegan2, stylegan3
 from .stylegan2 import FP16_LAYERS, set_fp16_layers  # noqa: F401 (set_fp16_layers: used by the trainer)
 
-GENERATORS = {"stylegan2": stylegan2.Generator, "stylegan3": stylegan3.Generator}
-DISCRIMINATORS = {"stylegan2": stylegan2.Discriminator, "stylegan3": stylegan2.Discriminator}
+# the zoo's readers, tried in order on a loaded checkpoint by files.read_weights
+READERS = {"pggan": pggan, "stylegan1": stylegan1}
+GENERATORS = {"stylegan2": stylegan2.Generator, "stylegan3": stylegan3.Generator, **stylegan1.GENERATORS}
+# critics that take images alone (no class input)
+ZOO_CRITICS = (*pggan.DISCRIMINATORS, *stylegan1.DISCRIMINATORS)
+# generators fed z alone (ZSource): no mapping network whose w could be mined instead
+Z_GENERATORS = {**pggan.GENERATORS}
+DISCRIMINATORS = {"stylegan2": stylegan2.Discriminator, "stylegan3": stylegan2.Discriminator,
+                  **pggan.DISCRIMINATORS, **stylegan1.DISCRIMINATORS}
 LATENTS = register_choices("source.latent", ("z", "w", "w+"), optional=True)
 NOISE_MODES = register_choices("source.noise_mode", ("const", "random", "none"), optional=True)
 register_choices("perf.fp16_layers", FP16_LAYERS)
@@ -65,6 +77,8 @@ class StyleGANSource(nn.Module):
     ``kwargs``: the official constructor keywords. ``noise_mode``: ``const`` (the network's
     fixed noise buffers, deterministic, the default), ``random`` or ``none``.
     """
+
+    needs_calibration = True  # w_std, measured once the weights are in
 
     def __init__(self, family: str, kwargs: dict, latent: str = "z", truncation_psi: float = 1.0,
                  truncation_cutoff: int | None = None, noise_mode: str = "const", noise: int = 0):
@@ -162,6 +176,31 @@ class StyleGANSource(nn.Module):
                 layer.mined_noise = None
 
 
+class ZSource(nn.Module):
+    """A zoo generator fed z ~ N(0, I) alone (ProGAN, ...): ``net(z)`` -> images."""
+
+    needs_calibration = False
+
+    def __init__(self, family: str, kwargs: dict, latent: str = "z", **options):
+        super().__init__()
+        if latent != "z" or options:
+            chosen = ", ".join([*(["latent"] if latent != "z" else []), *options])
+            raise ValueError(f"a {family} generator is mined in z only: leave {chosen} unset (source.latent, "
+                             "truncation and noise settings choose how a StyleGAN source is mined)")
+        self.net = _check_family(family, Z_GENERATORS)(**kwargs)
+        self.family, self.kwargs, self.latent = family, dict(kwargs), latent
+
+    def arch(self) -> dict:
+        return {"family": self.family, "kwargs": self.kwargs, "latent": self.latent}
+
+    @property
+    def latent_spec(self) -> LatentSpec:
+        return LatentSpec({"z": ((self.net.z_dim,), "normal")})
+
+    def forward(self, z=None, **latents):
+        return self.net(latents["z"] if z is None else z)
+
+
 class StyleGANCritic(nn.Module):
     """A StyleGAN2 discriminator as a fastmine critic: images -> one score per image.
 
@@ -184,21 +223,28 @@ class StyleGANCritic(nn.Module):
         super().__init__()
         self.net = _check_family(family, DISCRIMINATORS)(**kwargs)
         self.family, self.kwargs = family, dict(kwargs)
-        c_dim = self.net.c_dim
+        c_dim = getattr(self.net, "c_dim", 0)
         self.register_buffer("c", torch.full((c_dim,), 1.0 / c_dim) if c_dim else torch.zeros(0))
 
     def arch(self) -> dict:
         return {"family": self.family, "kwargs": self.kwargs}
 
     def forward(self, x):
+        if self.family in ZOO_CRITICS:  # the zoo's critics take images alone; their first output is the score
+            return self.net(x)[:, 0]
         c = self.c.expand(x.shape[0], -1) if self.net.c_dim else None
         return self.net(x, c).squeeze(1)
 
 
-def build_source(arch: dict) -> StyleGANSource:
-    """The :class:`StyleGANSource` an arch dict describes (weights still to be loaded)."""
+def make_source(family: str, kwargs: dict, **options) -> nn.Module:
+    """The mining source of a family: a :class:`ZSource` or a :class:`StyleGANSource` (weights still to be loaded)."""
+    return (ZSource if family in Z_GENERATORS else StyleGANSource)(family, kwargs, **options)
+
+
+def build_source(arch: dict) -> nn.Module:
+    """The source an arch dict describes (weights still to be loaded)."""
     arch = dict(arch)
-    return StyleGANSource(arch.pop("family"), arch.pop("kwargs"), **arch)
+    return make_source(arch.pop("family"), arch.pop("kwargs"), **arch)
 
 
 def build_critic(arch: dict) -> StyleGANCritic:

@@ -1,0 +1,301 @@
+"""StyleGAN (v1) checkpoints as fastmine networks, read as data.
+
+genforce/genforce's ``StyleGANGenerator`` (its converter of NVIDIA's TensorFlow release: FFHQ and
+CelebA-HQ at 1024 px, the LSUN bedroom / cat / car models, and genforce's own FFHQ / LSUN models)
+saves ``{"generator", "discriminator", "generator_smooth"}``; :class:`Generator` keeps its
+constructor keywords and parameter names (``mapping.dense{i}``, ``synthesis.layer{i}.{const,
+weight, bias, apply_noise, style, blur}``, ``synthesis.output{i}``) so those tensors load strictly,
+with one rename: genforce's ``truncation.w_avg`` is fastmine's ``mapping.w_avg`` (where the mining
+source looks for the average w of every StyleGAN family).
+
+The network (Karras et al. 2019): an 8-layer mapping MLP (pixel-normalised z, learning-rate
+multiplier 0.01), then per resolution two layers of convolution, per-pixel noise scaled per
+channel, bias, leaky ReLU, instance norm and AdaIN (``x * (1 + scale) + shift`` from an affine map
+of w); upsampling is nearest + 3x3 conv below 128 px and a transposed conv of the 4-tap-summed
+kernel from 128 px (``fused_scale="auto"``), both followed by a [1, 2, 1] blur; an unmodulated
+1x1 toRGB at the last resolution. Truncation pulls the first ``truncation_cutoff`` layers' w toward
+``w_avg`` (NVIDIA's psi 0.7, cutoff 8; genforce's trunc_psi / trunc_layers). As a mining source it
+takes z, w or w+ exactly as StyleGAN2 does (:class:`fastmine.zoo.StyleGANSource`).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .pggan import LEAK, WScaled, fmaps_for, genforce_mbstd, pixel_norm
+from .stylegan2 import truncate
+
+NOISE_MODES = ("const", "random", "none")
+INSTANCE_NORM_EPS = 1e-8
+FUSED_SCALE_MIN_RES = 128  # fused_scale="auto": transposed convolutions from this resolution up
+BLUR_TAPS = (1.0, 2.0, 1.0)
+FMAPS_BASE, FMAPS_MAX = 16 << 10, 512
+
+
+def _dense(in_features, out_features, gain=math.sqrt(2.0), lr_mul=1.0):
+    layer = nn.Module()
+    layer.weight = nn.Parameter(torch.randn(out_features, in_features) / lr_mul)
+    layer.bias = nn.Parameter(torch.zeros(out_features))
+    layer.wscale, layer.bscale = gain / math.sqrt(in_features) * lr_mul, lr_mul
+    return layer
+
+
+class MappingNetwork(nn.Module):
+    """z -> w (genforce's MappingModule), broadcast to ``num_ws`` layers and truncated."""
+
+    def __init__(self, z_dim, w_dim, hidden_dim, num_layers, num_ws, lr_mul):
+        super().__init__()
+        self.num_layers, self.num_ws = num_layers, num_ws
+        for i in range(num_layers):
+            self.add_module(f"dense{i}", _dense(z_dim if i == 0 else hidden_dim,
+                                                w_dim if i == num_layers - 1 else hidden_dim, lr_mul=lr_mul))
+        self.register_buffer("w_avg", torch.zeros(w_dim))
+
+    def forward(self, z, c=None, truncation_psi=1, truncation_cutoff=None):
+        w = pixel_norm(z)
+        for i in range(self.num_layers):
+            layer = getattr(self, f"dense{i}")
+            w = F.leaky_relu(F.linear(w, layer.weight * layer.wscale, layer.bias * layer.bscale), LEAK)
+        ws = w.unsqueeze(1).repeat(1, self.num_ws, 1)
+        return ws if truncation_psi == 1 else truncate(ws, self.w_avg, truncation_psi, truncation_cutoff)
+
+
+class StyleLayer(nn.Module):
+    """genforce's ConvBlock of the synthesis network (``const`` first layer, upsampling, or plain)."""
+
+    def __init__(self, in_channels, out_channels, resolution, w_dim, position=None, kernel_size=3, upsample=False,
+                 fused_scale=False):
+        super().__init__()
+        self.position, self.upsample, self.fused_scale = position, upsample, fused_scale
+        self.resolution = resolution
+        self.bias = nn.Parameter(torch.zeros(out_channels))
+        if position != "last":
+            self.apply_noise = nn.Module()
+            self.apply_noise.register_buffer("noise", torch.randn(1, 1, resolution, resolution))
+            self.apply_noise.weight = nn.Parameter(torch.zeros(out_channels))
+            self.style = _dense(w_dim, 2 * out_channels, gain=1.0)
+        if position == "const_init":
+            self.const = nn.Parameter(torch.ones(1, in_channels, resolution, resolution))
+            return
+        self.weight = nn.Parameter(torch.randn(out_channels, in_channels, kernel_size, kernel_size))
+        gain = 1.0 if position == "last" else math.sqrt(2.0)
+        self.wscale = gain / math.sqrt(in_channels * kernel_size * kernel_size)
+        if upsample:
+            self.blur = nn.Module()
+            self.blur.register_buffer("kernel", _blur_kernel(out_channels))
+
+    def forward(self, x, w, noise_mode="const"):
+        if self.position == "const_init":
+            x = self.const.repeat(w.shape[0], 1, 1, 1)
+        else:
+            weight = self.weight * self.wscale
+            if self.upsample and self.fused_scale:
+                weight = F.pad(weight, (1, 1, 1, 1))
+                weight = weight[:, :, 1:, 1:] + weight[:, :, :-1, 1:] + weight[:, :, 1:, :-1] + weight[:, :, :-1, :-1]
+                x = F.conv_transpose2d(x, weight.permute(1, 0, 2, 3), stride=2, padding=1)
+            else:
+                if self.upsample:
+                    x = F.interpolate(x, scale_factor=2, mode="nearest")
+                x = F.conv2d(x, weight, padding=weight.shape[-1] // 2)
+            if self.upsample:
+                x = F.conv2d(x, self.blur.kernel, padding=1, groups=x.shape[1])
+        if self.position == "last":
+            return x + self.bias.view(1, -1, 1, 1)
+        if noise_mode == "const":
+            x = x + self.apply_noise.noise * self.apply_noise.weight.view(1, -1, 1, 1)
+        elif noise_mode == "random":
+            noise = torch.randn(x.shape[0], 1, self.resolution, self.resolution, device=x.device, dtype=x.dtype)
+            x = x + noise * self.apply_noise.weight.view(1, -1, 1, 1)
+        x = F.leaky_relu(x + self.bias.view(1, -1, 1, 1), LEAK)
+        x = x - x.mean(dim=[2, 3], keepdim=True)
+        x = x * (x.square().mean(dim=[2, 3], keepdim=True) + INSTANCE_NORM_EPS).rsqrt()
+        style = F.linear(w, self.style.weight * self.style.wscale, self.style.bias).view(-1, 2, x.shape[1], 1, 1)
+        return x * (style[:, 0] + 1) + style[:, 1]
+
+
+class SynthesisNetwork(nn.Module):
+    """ws [N, num_ws, w_dim] -> images (genforce's SynthesisModule at lod 0)."""
+
+    def __init__(self, resolution, w_dim, image_channels, final_tanh, fused_scale, fmaps_base, fmaps_max):
+        super().__init__()
+        self.final_tanh = final_tanh
+        self.num_blocks = int(math.log2(resolution)) - 1
+        self.register_buffer("lod", torch.zeros(()))
+
+        def nf(res):
+            return min(fmaps_base // res, fmaps_max)
+
+        for block in range(self.num_blocks):
+            res = 4 * 2 ** block
+            if block == 0:
+                first = StyleLayer(nf(res), nf(res), res, w_dim, position="const_init")
+            else:
+                fused = res >= FUSED_SCALE_MIN_RES if fused_scale == "auto" else bool(fused_scale)
+                first = StyleLayer(nf(res // 2), nf(res), res, w_dim, upsample=True, fused_scale=fused)
+            self.add_module(f"layer{2 * block}", first)
+            self.add_module(f"layer{2 * block + 1}", StyleLayer(nf(res), nf(res), res, w_dim))
+            self.add_module(f"output{block}", StyleLayer(nf(res), image_channels, res, w_dim, position="last",
+                                                         kernel_size=1))
+
+    def forward(self, ws, noise_mode="const"):
+        if noise_mode not in NOISE_MODES:
+            raise ValueError(f"unknown noise_mode {noise_mode!r}: use one of {', '.join(NOISE_MODES)}")
+        x = None
+        for i in range(2 * self.num_blocks):
+            x = getattr(self, f"layer{i}")(x, ws[:, i], noise_mode)
+        image = getattr(self, f"output{self.num_blocks - 1}")(x, None)
+        return torch.tanh(image) if self.final_tanh else image
+
+
+class Generator(nn.Module):
+    """genforce's StyleGANGenerator (its keywords; ``repeat_w``, no labels, lod 0), with the
+    interface of the StyleGAN2 generator: ``mapping(z, c, truncation_psi, truncation_cutoff)`` ->
+    ws, ``synthesis(ws, noise_mode)`` -> images."""
+
+    def __init__(self, resolution, z_space_dim=512, w_space_dim=512, mapping_layers=8, mapping_fmaps=512,
+                 mapping_lr_mul=0.01, image_channels=3, final_tanh=False, fused_scale="auto",
+                 fmaps_base=FMAPS_BASE, fmaps_max=FMAPS_MAX):
+        super().__init__()
+        self.z_dim, self.c_dim, self.w_dim = int(z_space_dim), 0, int(w_space_dim)
+        self.img_resolution = int(resolution)
+        self.num_ws = 2 * (int(math.log2(resolution)) - 1)
+        self.mapping = MappingNetwork(z_space_dim, w_space_dim, mapping_fmaps, mapping_layers, self.num_ws,
+                                      mapping_lr_mul)
+        self.synthesis = SynthesisNetwork(resolution, w_space_dim, image_channels, final_tanh, fused_scale,
+                                          fmaps_base, fmaps_max)
+
+    def forward(self, z, c=None, truncation_psi=1, truncation_cutoff=None, noise_mode="const"):
+        return self.synthesis(self.mapping(z, c, truncation_psi, truncation_cutoff), noise_mode=noise_mode)
+
+
+def _blur_kernel(channels):
+    taps = torch.tensor(BLUR_TAPS)
+    kernel = torch.outer(taps, taps)
+    return (kernel / kernel.sum()).expand(channels, 1, 3, 3).clone()
+
+
+class Discriminator(nn.Module):
+    """genforce's StyleGANDiscriminator (its keywords and names; no labels, lod 0); returns [N, 1].
+
+    As the PGGAN critic, plus a [1, 2, 1] blur before each downsampling convolution, which is a
+    stride-2 convolution of the 4-tap-averaged kernel from 128 px (``fused_scale="auto"``) and
+    a convolution then 2x2 average pooling below; minibatch std over groups of 4."""
+
+    def __init__(self, resolution, image_channels=3, fused_scale="auto", minibatch_std_group_size=4,
+                 fmaps_base=FMAPS_BASE, fmaps_max=FMAPS_MAX):
+        super().__init__()
+        self.minibatch_std_group_size = minibatch_std_group_size
+        self.register_buffer("lod", torch.zeros(()))
+        self.num_blocks = int(math.log2(resolution)) - 1
+        self.fused = []
+        mbstd = int(minibatch_std_group_size > 1)
+        for block in range(self.num_blocks):
+            res = resolution // 2 ** block
+            nf, nf_next = min(fmaps_base // res, fmaps_max), min(fmaps_base // (res // 2), fmaps_max)
+            self.add_module(f"input{block}", WScaled((nf, image_channels, 1, 1)))
+            if res > 4:
+                self.add_module(f"layer{2 * block}", WScaled((nf, nf, 3, 3)))
+                down = WScaled((nf_next, nf, 3, 3))
+                down.blur = nn.Module()
+                down.blur.register_buffer("kernel", _blur_kernel(nf))
+                self.add_module(f"layer{2 * block + 1}", down)
+                self.fused.append(res >= FUSED_SCALE_MIN_RES if fused_scale == "auto" else bool(fused_scale))
+            else:
+                self.add_module(f"layer{2 * block}", WScaled((nf, nf + mbstd, 3, 3)))
+                self.add_module(f"layer{2 * block + 1}", WScaled((nf_next, nf * 16)))
+        self.add_module(f"layer{2 * self.num_blocks}", WScaled((1, nf_next), gain=1.0))
+
+    def forward(self, image):
+        x = F.leaky_relu(self.input0.conv(image, 0), LEAK)
+        for block in range(self.num_blocks - 1):
+            x = F.leaky_relu(getattr(self, f"layer{2 * block}").conv(x, 1), LEAK)
+            down = getattr(self, f"layer{2 * block + 1}")
+            x = F.conv2d(x, down.blur.kernel, padding=1, groups=x.shape[1])
+            weight = down.weight * down.wscale
+            if self.fused[block]:
+                weight = F.pad(weight, (1, 1, 1, 1))
+                weight = (weight[:, :, 1:, 1:] + weight[:, :, :-1, 1:] + weight[:, :, 1:, :-1]
+                          + weight[:, :, :-1, :-1]) * 0.25
+                x = F.conv2d(x, weight, down.bias, stride=2, padding=1)
+            else:
+                x = F.avg_pool2d(F.conv2d(x, weight, down.bias, padding=1), 2)
+            x = F.leaky_relu(x, LEAK)
+        last = self.num_blocks - 1
+        if self.minibatch_std_group_size > 1:
+            x = genforce_mbstd(x, self.minibatch_std_group_size)
+        x = F.leaky_relu(getattr(self, f"layer{2 * last}").conv(x, 1), LEAK)
+        x = F.leaky_relu(getattr(self, f"layer{2 * last + 1}").dense(x), LEAK)
+        return getattr(self, f"layer{2 * last + 2}").dense(x)
+
+
+# --------------------------------------------------------------------------- reading
+GENFORCE_KEYS = ("mapping.dense0.weight", "synthesis.layer0.const", "synthesis.output0.weight", "truncation.w_avg")
+GENFORCE_ROLES = {"generator": "generator_smooth", "critic": "discriminator"}
+BUILDER = "genforce's StyleGAN"
+
+
+def _genforce_generator(state) -> bool:
+    return isinstance(state, dict) and all(k in state for k in GENFORCE_KEYS)
+
+
+def sniff(obj, path) -> bool:
+    return isinstance(obj, dict) and any(_genforce_generator(obj.get(k)) for k in ("generator", "generator_smooth"))
+
+
+def read(obj, path, role, key) -> tuple[str, dict, dict, str]:
+    name = key or GENFORCE_ROLES[role]
+    if role == "critic":
+        return _read_discriminator(obj, path, name)
+    state = obj.get(name)
+    if not _genforce_generator(state):
+        found = ", ".join(str(k) for k, v in obj.items() if isinstance(v, dict)) or "none"
+        raise ValueError(f"{str(path)!r} is a genforce StyleGAN checkpoint without a generator under {name!r} "
+                         f"(it has {found}); pass key= naming one (source.key=...)")
+    state = {("mapping.w_avg" if k == "truncation.w_avg" else k): v.detach().float() for k, v in state.items()}
+    if float(state["synthesis.lod"]) != 0:
+        raise ValueError(f"{str(path)!r}: {name} is at lod={float(state['synthesis.lod'])} (mid progressive "
+                         "growing); fastmine builds a StyleGAN at its final resolution (lod 0)")
+    if state["mapping.w_avg"].numel() != state["synthesis.layer0.style.weight"].shape[1]:
+        raise ValueError(f"{str(path)!r}: a StyleGAN with a w per layer (repeat_w=False), which fastmine does not "
+                         "build; its keys: " + ", ".join(list(state)[:8]) + ", ...")
+    mapping_layers = sum(1 for k in state if k.startswith("mapping.dense") and k.endswith(".weight"))
+    n_out = sum(1 for k in state if k.startswith("synthesis.output") and k.endswith(".weight"))
+    resolution = 4 * 2 ** (n_out - 1)
+    widths = {4 * 2 ** b: int(state[f"synthesis.layer{2 * b + 1}.weight"].shape[0]) for b in range(n_out)}
+    kwargs = dict(resolution=resolution, z_space_dim=int(state["mapping.dense0.weight"].shape[1]),
+                  w_space_dim=int(state["mapping.w_avg"].numel()), mapping_layers=mapping_layers,
+                  mapping_fmaps=int(state["mapping.dense0.weight"].shape[0]),
+                  image_channels=int(state["synthesis.output0.weight"].shape[0]),
+                  **fmaps_for(widths, path, BUILDER))
+    return "stylegan1", kwargs, state, name
+
+
+def _read_discriminator(obj, path, name):
+    state = obj.get(name)
+    if not (isinstance(state, dict) and all(k in state for k in ("input0.weight", "layer0.weight", "lod"))):
+        found = ", ".join(str(k) for k, v in obj.items() if isinstance(v, dict)) or "none"
+        raise ValueError(f"{str(path)!r} is a genforce StyleGAN checkpoint without a discriminator under {name!r} "
+                         f"(it has {found}); pass key= naming it, or another critic (source.critic=...)")
+    state = {k: v.detach().float() for k, v in state.items()}
+    if float(state["lod"]) != 0:
+        raise ValueError(f"{str(path)!r}: {name} is at lod={float(state['lod'])} (mid progressive growing); "
+                         "fastmine builds a StyleGAN at its final resolution (lod 0)")
+    n_in = sum(1 for k in state if k.startswith("input") and k.endswith(".weight"))
+    resolution = 4 * 2 ** (n_in - 1)
+    widths = {resolution // 2 ** b: int(state[f"input{b}.weight"].shape[0]) for b in range(n_in)}
+    last = state[f"layer{2 * (n_in - 1)}.weight"]
+    outputs = state[f"layer{2 * n_in}.weight"].shape[0]
+    if outputs != 1:
+        raise ValueError(f"{str(path)!r}: a conditional StyleGAN discriminator ({outputs} outputs), which fastmine "
+                         "does not build")
+    kwargs = dict(resolution=resolution, image_channels=int(state["input0.weight"].shape[1]),
+                  minibatch_std_group_size=4 if last.shape[1] > last.shape[0] else 0,
+                  **fmaps_for(widths, path, BUILDER))
+    return "stylegan1", kwargs, state, name
+
+
+GENERATORS = {"stylegan1": Generator}
+DISCRIMINATORS = {"stylegan1": Discriminator}
