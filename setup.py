@@ -11,7 +11,7 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["fastmine", "fastmine.*"]) + ["fastmine_kernels", "fastmine_benchmarks"],
     package_dir={"fastmine_kernels": "kernels", "fastmine_benchmarks": "benchmarks"},
-    package_data={"fastmine": ["metrics/weights/*"]},
+    package_data={"fastmine": ["metrics/weights/*", "catalogue.yaml"]},
     install_requires=[
         # a range real GPU users satisfy; CPU machines pin torch==2.13.0 in README/.ci/run
         "torch>=2.6,<2.15",

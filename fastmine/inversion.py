@@ -66,8 +66,8 @@ class Inversion:
 
 
 def default_features(images: torch.Tensor, device):
-    """The shipped digits net's features for 1-channel images; LPIPS for 3-channel ones when its
-    weights are on disk (:mod:`fastmine.metrics.lpips`), scaled so that the feature term's mean
+    """The shipped digits net's features for 1-channel images; LPIPS for 3-channel ones (its
+    weights fetched on first use, :mod:`fastmine.metrics.lpips`), scaled so that the feature term's mean
     over dimensions is the LPIPS distance itself; None otherwise (pixels only)."""
     if images.ndim == 4 and images.shape[1] == 1:
         net = load_digits_feature_net(device)
