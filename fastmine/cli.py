@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from . import distributed
+from . import distributed, hub
 from .apps.demo import DEMO_METHODS, ROWS, TOOLKIT_ROWS, run_demo
 from .apps.demo_multi import DIGITS, run_demo_multi
 from .apps.presets import COMMAND_DEFAULTS
@@ -161,6 +161,48 @@ def _convert(args):
           f"{json.dumps(written['latent_spec'])}, {critic}")
 
 
+def _models(args):
+    rows = [(e["name"], e["family"], str(e.get("resolution") or ""), " ".join(e.get("latents") or []),
+             _size(e.get("size")), e["license"], e["source"]) for e in hub.catalogue().values()
+            if args.all or e["kind"] == "models"]
+    _table(("name", "family", "px", "latents", "size", "licence", "published at"), rows)
+    print(f"\nuse a name wherever a path goes (source.generator=NAME); files are cached in {hub.cache_dir()}")
+
+
+def _cache(args):
+    for name in args.remove or []:
+        print("\n".join(f"removed {p}" for p in hub.remove(name)))
+    if args.clear:
+        print(f"removed {len(hub.clear())} files from {hub.cache_dir()}")
+    if args.remove or args.clear:
+        return
+    files = hub.cached()
+    _table(("name", "size", "file"), [(name or "", _size(size), str(path)) for path, size, name in files])
+    print(f"{len(files)} files, {_size(sum(size for _, size, _ in files))} in {hub.cache_dir()}")
+
+
+def _download(args):
+    for source in args.sources:
+        print(f"{source}: {hub.fetch(source, cache=args.to)}")
+    if args.to:
+        print(f"use it with FASTMINE_CACHE={args.to} (and FASTMINE_OFFLINE=1 where there is no internet)")
+
+
+def _size(n) -> str:
+    if n is None:
+        return "?"
+    for unit in ("B", "kB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+
+
+def _table(header, rows):
+    widths = [max(len(str(r[i])) for r in (header, *rows)) for i in range(len(header))]
+    for r in (header, *rows):
+        print("  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip())
+
+
 def _demo(args):
     if args.multi:
         run_demo_multi(out=args.out, quick=args.quick, seed=args.seed, steps=args.steps, jobs=args.jobs,
@@ -192,7 +234,7 @@ def build_parser(plugins=()) -> argparse.ArgumentParser:
                             "(key=value may change train.steps, device and log.*)")
         p.add_argument("--restart", action="store_true", help="replace what runs/NAME holds with a fresh run")
     p = sub.add_parser("sample", help="draw samples from a trained model file")
-    p.add_argument("model", help="a model file, or a run folder (its model.safetensors)")
+    p.add_argument("model", help="a model file, a run folder (its model.safetensors), a URL or a catalogue name")
     p.add_argument("--n", type=_positive, default=64)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="samples.png", help=".png grid or .pt tensor")
@@ -209,7 +251,7 @@ def build_parser(plugins=()) -> argparse.ArgumentParser:
                        epilog="keys: source.key, source.latent, source.truncation_psi, source.truncation_cutoff, "
                               "source.noise_mode, source.arch, source.latent_spec, source.allow_pickle")
     p.add_argument("input", help="an NVIDIA network pickle, a rosinality checkpoint, a torch checkpoint (with "
-                                 "source.arch=...), a fastmine file")
+                                 "source.arch=...), a fastmine file; a file, a URL or a name (`fastmine models`)")
     p.add_argument("out", help="OUT.safetensors")
     p.add_argument("overrides", nargs="*", help="source.key=value ...")
     p.add_argument("--no-critic", action="store_true", help="leave out the discriminator the input holds")
@@ -234,11 +276,21 @@ def build_parser(plugins=()) -> argparse.ArgumentParser:
     p.add_argument("--pi-only", action="store_true", help="--multi: the π table only (no baselines, no fusion)")
     p = sub.add_parser("eval", help="score a run folder and write RUN_DIR/report.md")
     p.add_argument("run_dir")
-    p.add_argument("--extractor", default="digits", choices=["digits", "inception"])
-    p.add_argument("--inception-weights", default=None, help="local Inception-v3 weights file (never downloaded)")
+    p.add_argument("--extractor", default="auto", choices=["auto", "digits", "inception"],
+                   help="auto: the shipped digits network for the built-in digits, Inception-v3 otherwise")
+    p.add_argument("--inception-weights", default=None,
+                   help="an Inception-v3 weights file (default: torch-fidelity's, fetched once into the cache)")
     p.add_argument("--target-class", default="auto",
                    help="class for the target share (default: the single digits label)")
     p.add_argument("--repeats", type=_positive, default=5, help="sample draws averaged")
+    p = sub.add_parser("models", help="the named pretrained models (use a name wherever a path goes)")
+    p.add_argument("--all", action="store_true", help="also the metric networks' weights")
+    p = sub.add_parser("cache", help="what fastmine's cache holds ($FASTMINE_CACHE); remove entries")
+    p.add_argument("--remove", nargs="+", metavar="NAME", help="a catalogue name, URL or file of the cache")
+    p.add_argument("--clear", action="store_true", help="remove every file fastmine put there")
+    p = sub.add_parser("download", help="fetch named models or URLs into the cache (for a cluster without internet)")
+    p.add_argument("sources", nargs="+", metavar="NAME_OR_URL")
+    p.add_argument("--to", default=None, metavar="DIR", help="a cache folder to fill instead (then FASTMINE_CACHE=DIR)")
     for name in plugins:
         sub.add_parser(name, add_help=False, help=f"{name} (fastmine {name} --help)")
     return parser
@@ -272,6 +324,8 @@ def main(argv=None):
             _invert(args)
         elif args.command == "convert":
             _convert(args)
+        elif args.command in ("models", "cache", "download"):
+            {"models": _models, "cache": _cache, "download": _download}[args.command](args)
         else:
             _train_command(args.command, args)
     except (*BAD_INPUT, *FAILED_RUN, OSError) as e:

@@ -199,7 +199,7 @@ def _download(url, target: Path, sha256, size, label, progress, timeout, attempt
             try:
                 with open(part, "ab" if have else "wb") as out, tqdm(
                         total=total, initial=have, unit="B", unit_scale=True, desc=Path(target).name,
-                        disable=not progress, file=sys.stderr) as bar:
+                        file=sys.stderr, **({} if progress else {"disable": True})) as bar:
                     while chunk := response.read(1 << 20):
                         out.write(chunk)
                         got += len(chunk)
