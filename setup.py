@@ -11,7 +11,7 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["fastmine", "fastmine.*"]) + ["fastmine_kernels", "fastmine_benchmarks"],
     package_dir={"fastmine_kernels": "kernels", "fastmine_benchmarks": "benchmarks"},
-    package_data={"fastmine": ["metrics/weights/*"]},
+    package_data={"fastmine": ["metrics/weights/*", "catalogue.yaml"]},
     install_requires=[
         # a range real GPU users satisfy; CPU machines pin torch==2.13.0 in README/.ci/run
         "torch>=2.6,<2.15",
@@ -19,6 +19,7 @@ setup(
         "safetensors>=0.4",
         "numpy>=1.24",
         "pyyaml>=6",
+        "filelock>=3.8",  # one process downloads a file into the cache, the others wait (fastmine/hub.py)
         "tqdm>=4.60",
         "pillow>=9",
         "scikit-learn>=1.2",
@@ -31,8 +32,10 @@ setup(
         "triton": ["triton>=3.1"],
         "test": ["pytest>=7", "triton>=3.1", "ruff>=0.6"],
         "deepspeed": ["deepspeed>=0.15"],
-        # BigGAN adapter for conditional mining (weights from a local file; nothing is downloaded)
+        # BigGAN adapter for conditional mining (a local folder, or a catalogue name fetched once)
         "biggan": ["pytorch-pretrained-biggan>=0.1.1"],
+        # Inception-v3 for FID / KID / precision-recall on 3-channel images (its weights fetched on first use)
+        "inception": ["torch-fidelity>=0.3"],
         # offline TensorBoard event files for every run (log.trackers, fastmine/trackers.py)
         "tensorboard": ["tensorboard>=2.10"],
     },

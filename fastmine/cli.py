@@ -126,7 +126,7 @@ def _train_command(cmd) -> Command:
 COMMANDS = {cmd: _train_command(cmd) for cmd in COMMAND_DEFAULTS}
 COMMANDS.update({
     "sample": Command("draw samples from a trained model file", "fastmine.apps.commands:sample", args=(
-        arg("model", help="a model file, or a run folder (its model.safetensors)"),
+        arg("model", help="a model file, a run folder (its model.safetensors), a URL or a catalogue name"),
         arg("--n", type=_positive, default=64),
         arg("--seed", type=int, default=0),
         arg("--out", default="samples.png", help=".png grid or .pt tensor"),
@@ -146,7 +146,7 @@ COMMANDS.update({
                "source.noise_mode, source.arch, source.latent_spec, source.allow_pickle",
         check=_source_overrides_only, args=(
             arg("input", help="an NVIDIA network pickle, a rosinality checkpoint, a torch checkpoint (with "
-                              "source.arch=...), a fastmine file"),
+                              "source.arch=...), a fastmine file; a file, a URL or a name (`fastmine models`)"),
             arg("out", help="OUT.safetensors"),
             arg("overrides", nargs="*", help="source.key=value ..."),
             arg("--no-critic", action="store_true", help="leave out the discriminator the input holds"),
@@ -173,10 +173,24 @@ COMMANDS.update({
             arg("--pi-only", action="store_true", help="--multi: the π table only (no baselines, no fusion)"))),
     "eval": Command("score a run folder and write RUN_DIR/report.md", "fastmine.apps.commands:evaluate", args=(
         arg("run_dir"),
-        arg("--extractor", default="digits", choices=["digits", "inception"]),
-        arg("--inception-weights", default=None, help="local Inception-v3 weights file (never downloaded)"),
+        arg("--extractor", default="auto", choices=["auto", "digits", "inception"],
+            help="auto: the shipped digits network for the built-in digits, Inception-v3 otherwise"),
+        arg("--inception-weights", default=None,
+            help="an Inception-v3 weights file (default: torch-fidelity's, fetched once into the cache)"),
         arg("--target-class", default="auto", help="class for the target share (default: the single digits label)"),
         arg("--repeats", type=_positive, default=5, help="sample draws averaged"))),
+    "models": Command("the named pretrained models (use a name wherever a path goes)",
+                      "fastmine.apps.hub_commands:models", args=(
+                          arg("--all", action="store_true", help="also the metric networks' weights"),)),
+    "cache": Command("what fastmine's cache holds ($FASTMINE_CACHE); remove entries",
+                     "fastmine.apps.hub_commands:cache", args=(
+                         arg("--remove", nargs="+", metavar="NAME", help="a catalogue name, URL or file of the cache"),
+                         arg("--clear", action="store_true", help="remove every file fastmine put there"))),
+    "download": Command("fetch named models or URLs into the cache (for a cluster without internet)",
+                        "fastmine.apps.hub_commands:download", args=(
+                            arg("sources", nargs="+", metavar="NAME_OR_URL"),
+                            arg("--to", default=None, metavar="DIR",
+                                help="a cache folder to fill instead (then FASTMINE_CACHE=DIR)"))),
 })
 
 

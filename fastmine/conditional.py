@@ -18,8 +18,9 @@ Two generators ship here:
   package (``pip install 'fastmine[biggan]'``). Latent spec z (z_dim) + class embedding
   (z_dim); ``truncation`` is a setting: the miner's z is scaled by it (so the latent keeps
   an N(0, I) prior and the residual miner starts at the truncated prior) and it selects
-  BigGAN's batch-norm statistics. Weights never download: :func:`load_biggan` reads a
-  local file (``pytorch_model.bin`` or safetensors, weights only) and its ``config.json``.
+  BigGAN's batch-norm statistics. :func:`load_biggan` reads a local file (``pytorch_model.bin``
+  or safetensors, weights only) and its ``config.json``, or a catalogue name
+  (``biggan-deep/256``: the package's published files, fetched once by :mod:`fastmine.hub`).
 """
 from __future__ import annotations
 
@@ -32,6 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.spectral_norm import SpectralNorm
 
+from . import hub
 from .files import read_file
 from .fusion import attach_labels
 from .latent import LatentSpec
@@ -154,18 +156,24 @@ def biggan(config=None, truncation: float = 0.4) -> BigGANAdapterModule:
 
 
 def load_biggan(weights, config=None, truncation: float = 0.4, frozen=True) -> GeneratorAdapter:
-    """A frozen BigGAN adapter from local weights (nothing is downloaded).
+    """A frozen BigGAN adapter.
 
     weights: the folder ``BigGAN.from_pretrained`` would use (``pytorch_model.bin`` +
-        ``config.json``), or a weights file (.bin/.pt read weights-only, or .safetensors).
-    config: ``config.json`` path or dict; default the folder's config.json, else the 128 px one.
+        ``config.json``), a weights file (.bin/.pt read weights-only, or .safetensors), or a
+        catalogue name / URL (fetched once into fastmine's cache).
+    config: ``config.json`` path or dict; default the folder's config.json, or ``NAME-config.json``
+        beside ``NAME-pytorch_model.bin`` (how the package publishes them), else the 128 px one.
     """
-    weights = Path(weights)
+    weights = Path(hub.resolve(weights))
     if weights.is_dir():
         config = config or (weights / "config.json" if (weights / "config.json").is_file() else None)
         weights = weights / "pytorch_model.bin"
+    beside = weights.with_name(weights.name.removesuffix("pytorch_model.bin") + "config.json")
+    if config is None and weights.name.endswith("-pytorch_model.bin") and beside.is_file():
+        config = beside
     if not weights.is_file():
-        raise FileNotFoundError(f"BigGAN weights {str(weights)!r} not found; download them elsewhere and point here")
+        raise FileNotFoundError(f"BigGAN weights {str(weights)!r} not found: name the folder or file that holds them "
+                                "(or a catalogue name such as biggan-deep/256)")
     module = biggan(config, truncation)
     state, _ = read_file(weights)
     missing, unexpected = module.model.load_state_dict(state, strict=False)

@@ -64,11 +64,16 @@ def default_target_class(data_cfg, extractor: str):
 class Scorer:
     """Real features computed once; fake images scored against them.
 
-    ``kid_subsets``: KID's number of subsets; ``seed``: the seed of the generator that draws
+    ``extractor``: ``"auto"`` (the shipped digits network for 1-channel images, Inception-v3 for
+    3-channel ones, as clean-fid and torch-fidelity score them), ``"digits"``, ``"inception"`` or a
+    module. ``kid_subsets``: KID's number of subsets; ``seed``: the seed of the generator that draws
     them (a fresh one per :meth:`score`, so a set of fakes always gets the same subsets)."""
 
-    def __init__(self, real, extractor="digits", inception_weights=None, target_class=None, device="cpu",
+    def __init__(self, real, extractor="auto", inception_weights=None, target_class=None, device="cpu",
                  kid_subsets=KID_SUBSETS, seed=0, lpips="auto"):
+        real = torch.as_tensor(real).float()
+        if isinstance(extractor, str) and extractor == "auto":
+            extractor = "inception" if real.ndim == 4 and real.shape[1] == 3 else "digits"
         self.name = extractor if isinstance(extractor, str) else type(extractor).__name__
         if isinstance(extractor, str):
             extractor = get_feature_extractor(
@@ -79,12 +84,15 @@ class Scorer:
         self.target_class = target_class
         kid_plan(2, 2, kid_subsets)  # a bad number of subsets fails here, not after sampling
         self.kid_subsets, self.seed = kid_subsets, seed
-        self.real = torch.as_tensor(real).float()
+        self.real = real
         self.real_feats = extract(self.net, self.real, device=device)
         self._real_radii = None
-        # CDC's intra-cluster diversity on LPIPS when its weights are on disk ("auto"), or an
-        # LPIPS module given; None: on this scorer's features
-        self.lpips = find_lpips(device) if isinstance(lpips, str) and lpips == "auto" else lpips
+        # CDC's intra-cluster diversity on LPIPS ("auto": for 3-channel images, its weights fetched
+        # on first use; grey digits keep the scorer's features), or an LPIPS module given; None:
+        # on this scorer's features
+        if isinstance(lpips, str) and lpips == "auto":
+            lpips = find_lpips(device) if real.ndim == 4 and real.shape[1] == 3 else None
+        self.lpips = lpips
         self._real_lpips = None
 
     def score(self, fake: torch.Tensor, real_feats=None, extra=True) -> dict:
@@ -133,7 +141,7 @@ class Scorer:
         return out
 
 
-def fid_callback(real, every=50, n=500, extractor="digits", target_class=None, inception_weights=None,
+def fid_callback(real, every=50, n=500, extractor="auto", target_class=None, inception_weights=None,
                  seed=0, device="cpu"):
     """A :class:`fastmine.trainer.Trainer` callback: FID/KMMD/target share every ``every`` steps.
 
@@ -154,7 +162,7 @@ def fid_callback(real, every=50, n=500, extractor="digits", target_class=None, i
     return callback
 
 
-def evaluate_sampler(sampler, real, extractor="digits", target_class=None, inception_weights=None, n_cap=10_000,
+def evaluate_sampler(sampler, real, extractor="auto", target_class=None, inception_weights=None, n_cap=10_000,
                      repeats=5, seed=0, device="cpu", scorer: Scorer | None = None) -> dict:
     """The paper's protocol (as many generated as real images, capped at ``n_cap``), averaged
     over ``repeats`` sample draws. Returns :meth:`Scorer.score`'s keys (fid, kmmd, kmmd_sigma,
@@ -222,7 +230,7 @@ def checkpoint_curve(run_dir, scorer: Scorer, n=None, seed=0) -> list[tuple[int,
     return curve
 
 
-def evaluate_run(run_dir, extractor="digits", inception_weights=None, target_class="auto", repeats=5,
+def evaluate_run(run_dir, extractor="auto", inception_weights=None, target_class="auto", repeats=5,
                  n_cap=10_000, seed=0, target=None) -> dict:
     """Score RUN_DIR/model.safetensors against the target data its config.yaml names, with
     the paper's protocol; with the FID over training (from the logged evaluations, or failing
@@ -234,10 +242,12 @@ def evaluate_run(run_dir, extractor="digits", inception_weights=None, target_cla
         if not p.is_file():
             raise FileNotFoundError(f"{str(run_dir)!r} is not a finished run folder: {p.name} is missing")
     cfg = load_config(cfg_path)
+    if extractor == "auto":  # the shipped network for the built-in digits, Inception for anything else
+        extractor = "digits" if cfg.data.dataset == "digits" else "inception"
     if extractor == "digits" and cfg.data.dataset in ("folder", "tensor"):
         raise ValueError(f"the digits feature network scores 16 px handwritten digits, not this run's "
-                         f"{cfg.data.dataset} data ({cfg.data.path}): pass --extractor inception with "
-                         "--inception-weights FILE for the paper's FID on natural images")
+                         f"{cfg.data.dataset} data ({cfg.data.path}): use --extractor inception (the default) for "
+                         "the paper's FID on natural images")
     # a target given in code is not in the config (data.dataset=given): the caller passes it again
     real = torch.as_tensor(target).float() if target is not None else load_data(cfg.data)
     if real.ndim != 4:

@@ -34,7 +34,7 @@ import torch
 from safetensors import safe_open
 from torch import nn
 
-from . import checkpoints, zoo
+from . import checkpoints, hub, zoo
 from .fusion import FusedSampler
 from .latent import LatentSpec
 from .miner import Miner
@@ -283,7 +283,7 @@ def _network_pickle_weights(path: Path, role: str, key) -> Weights:
 def has_critic(source) -> bool:
     """Whether a file holds a critic to start from: a fastmine file's, an NVIDIA pickle's ``D``,
     a rosinality checkpoint's ``d``."""
-    path = Path(source)
+    path = Path(hub.resolve(source))
     info = read_info(path)
     if info is not None or not path.is_file() or path.suffix == ".safetensors":
         return bool(info and "critic" in info)
@@ -362,9 +362,16 @@ def load_generator(source, latent_spec=None, arch=None, call=None, allow_pickle=
 
     StyleGAN sources: ``latent`` ``"z"`` (default) | ``"w"`` | ``"w+"``, ``truncation_psi``,
     ``truncation_cutoff``, ``noise_mode``, ``noise`` (:mod:`fastmine.zoo`); None keeps a file's stored choice.
+
+    A URL or a name of fastmine's catalogue (``"stylegan2-ada/ffhq-256"``, ``fastmine models``) is
+    fetched once into the cache (:mod:`fastmine.hub`) and then read as the local file it is.
     """
     options = {k: v for k, v in dict(latent=latent, truncation_psi=truncation_psi, truncation_cutoff=truncation_cutoff,
                                      noise_mode=noise_mode, noise=noise).items() if v is not None}
+    if (hub.entry(source) or {}).get("family") == "biggan":
+        raise ValueError(f"{source!r} is a BigGAN of pytorch-pretrained-biggan: load it with "
+                         f"fastmine.conditional.load_biggan({source!r}) or as source.generator={source}")
+    source = hub.resolve(source)
     if isinstance(source, (str, Path)) and Path(source).is_dir():
         raise ValueError(f"{str(source)!r} is a folder: a pytorch-pretrained-biggan folder (config.json + "
                          "pytorch_model.bin) loads with fastmine.conditional.load_biggan(folder) or as "
@@ -460,6 +467,7 @@ def _official_stylegan(state) -> bool:
 def load_critic(source, arch=None, allow_pickle=False, trust_code=False, key=None):
     """The critic stored in a fastmine file, an NVIDIA pickle's ``D`` or a rosinality
     checkpoint's ``d`` (as :class:`fastmine.zoo.StyleGANCritic`), or a state dict plus ``arch``."""
+    source = hub.resolve(source)
     if read_info(source) is not None or (allow_pickle and Path(source).suffix != ".safetensors"):
         tensors, info = read_file(source, allow_pickle=allow_pickle)
         if isinstance(tensors, nn.Module):
@@ -523,6 +531,7 @@ def load_sampler(path, generator: nn.Module | None = None, miner: nn.Module | No
                  trust_code=False) -> Sampler:
     """Load what :func:`save_sampler` wrote. Pass ``generator`` / ``miner`` modules only for
     parts that were the user's own modules (the file holds their weights, not their code)."""
+    path = hub.resolve(path)
     tensors, info = read_file(path)
     if info is None or info.get("kind") != "sampler":
         raise ValueError(f"{str(path)!r} is not a fastmine sampler file (no fastmine metadata)")
@@ -566,6 +575,7 @@ def load_fused_sampler(path, device="cpu", trust_code=False) -> FusedSampler:
 
 def load_any(path, device="cpu", trust_code=False):
     """Whatever a fastmine run wrote: a single, multi-generator or fused sampler."""
+    path = hub.resolve(path)
     info = read_info(path)
     kind = (info or {}).get("kind")
     if kind == "multi_sampler":
@@ -756,7 +766,7 @@ def convert(source, out, *, key=None, critic=True, overwrite=False, **load) -> d
     file: the generator with how to rebuild it from fastmine's own code and, when the source
     holds one and ``critic`` is true, its critic. ``load``: :func:`load_generator`'s options
     (``latent``, ``truncation_psi``, ``arch``, ``latent_spec`` ...). Returns what was written."""
-    out = Path(out)
+    out, given, source = Path(out), source, hub.resolve(source)
     if out.suffix != ".safetensors":
         raise ValueError(f"the converted file is a safetensors file: name it *.safetensors, got {str(out)!r}")
     if out.exists() and not overwrite:
@@ -771,7 +781,8 @@ def convert(source, out, *, key=None, critic=True, overwrite=False, **load) -> d
         critic_module = load_critic(source, allow_pickle=load.get("allow_pickle", False),
                                     trust_code=load.get("trust_code", False))
         critic_build = critic_build_of(source, critic_module)
-    save_sampler(out, Sampler(generator), critic_module, critic_build, extra={"converted_from": Path(source).name})
+    origin = given if hub.is_remote(given) else Path(source).name  # a name or URL is where it can be found again
+    save_sampler(out, Sampler(generator), critic_module, critic_build, extra={"converted_from": origin})
     return {"path": out, "generator": generator.build, "latent_spec": generator.latent_spec.to_dict(),
             "parameters": sum(p.numel() for p in generator.parameters()),
             "critic": None if critic_module is None else sum(p.numel() for p in critic_module.parameters())}

@@ -6,7 +6,7 @@ Three ways (the inversion lecture notes, §"optimization / learning / hybrid"):
   Adam minimises, per image, ``pixel_weight · mean((G(z) − x)²) + feature_weight ·
   mean((F(G(z)) − F(x))²) + prior_weight · R(z)``. F is a feature network (the shipped
   digits classifier's penultimate layer for 1-channel images; LPIPS (AlexNet) for 3-channel
-  images when its weights are on disk, :mod:`fastmine.metrics.lpips`, the term then being the
+  images, its weights fetched on first use, :mod:`fastmine.metrics.lpips`, the term then being the
   LPIPS distance itself; pixels only otherwise, or pass your own). R is the prior's negative
   log-density up to a constant: ½·mean(z²) for a normal prior (it keeps z in the region the
   generator was trained on), the squared distance outside [0, 1] for a uniform one; latents
@@ -66,8 +66,8 @@ class Inversion:
 
 
 def default_features(images: torch.Tensor, device):
-    """The shipped digits net's features for 1-channel images; LPIPS for 3-channel ones when its
-    weights are on disk (:mod:`fastmine.metrics.lpips`), scaled so that the feature term's mean
+    """The shipped digits net's features for 1-channel images; LPIPS for 3-channel ones (its
+    weights fetched on first use, :mod:`fastmine.metrics.lpips`), scaled so that the feature term's mean
     over dimensions is the LPIPS distance itself; None otherwise (pixels only)."""
     if images.ndim == 4 and images.shape[1] == 1:
         net = load_digits_feature_net(device)

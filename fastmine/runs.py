@@ -18,7 +18,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from . import distributed, runfolder, sharded
+from . import distributed, hub, runfolder, sharded
 from .conditional import FACTORY_DCGAN, LabelledSampler, conditional_dcgan, load_biggan
 from .config import (
     ConfigError,
@@ -265,9 +265,19 @@ def describe_critic(critic, method: Method) -> str:
             "stores one, to start from it as the paper does)")
 
 
+def _is_biggan(spec) -> bool:
+    return (hub.entry(spec) or {}).get("family") == "biggan"
+
+
+def local_source(spec):
+    """A source given as a URL or a catalogue name as its local file, fetched once (:mod:`fastmine.hub`);
+    a catalogued BigGAN stays a name (:func:`load_source` reads its weights with their config)."""
+    return spec if _is_biggan(spec) else hub.resolve(spec)
+
+
 def load_source(spec, cfg: RunConfig) -> GeneratorAdapter:
     src = cfg.source
-    if Path(spec).is_dir():  # a pytorch-pretrained-biggan folder: config.json + pytorch_model.bin
+    if _is_biggan(spec) or Path(spec).is_dir():  # a pytorch-pretrained-biggan folder: config.json + weights
         return load_biggan(spec)
     return load_generator(str(spec), latent_spec=src.latent_spec, arch=src.arch, allow_pickle=src.allow_pickle,
                           trust_code=src.trust_code, key=src.key, latent=src.latent,
@@ -392,7 +402,7 @@ def build_single(cfg: RunConfig, method: Method, inputs: Inputs, ctx: Context) -
     if generator is None and src.generator:
         # finetuning starts from a mined file: its generator and its miner
         finetune = cfg.method == "finetune"
-        generator = load_sampler(src.generator, trust_code=src.trust_code) if finetune else src.generator
+        generator = load_sampler(src.generator, trust_code=src.trust_code) if finetune else local_source(src.generator)
     critic = inputs.critic if inputs.critic is not None else src.critic
     shard = distributed.resolve_shard(cfg.dist.shard, ctx.accelerator)
     source_file = generator if isinstance(generator, (str, Path)) and Path(generator).is_file() else None
@@ -494,6 +504,7 @@ def build_multi(cfg: RunConfig, method: Method, inputs: Inputs, ctx: Context) ->
     critic, critic_source = inputs.critic if inputs.critic is not None else cfg.source.critic, None
     adapters = []  # every generator first, then the miners: the random draws of earlier releases' runs
     for g in gens:
+        g = local_source(g)
         if critic_source is None and isinstance(g, (str, Path)) and Path(g).is_file() and has_critic(g):
             critic_source = str(g)  # the paper initialises the critic from one pretrained critic (§5.1.2)
         adapters.append((g if isinstance(g, GeneratorAdapter) else load_source(g, cfg)).to(ctx.device).freeze(True))

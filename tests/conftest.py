@@ -1,5 +1,6 @@
 import contextlib
 import os
+import tempfile
 
 # Triton's interpreter must be chosen before triton is first imported: with no CUDA device
 # the kernel tests run the very same @triton.jit kernels on the CPU.
@@ -12,6 +13,11 @@ except Exception:  # pragma: no cover - torch missing is a broken install, let p
 if not _has_cuda:
     os.environ.setdefault("TRITON_INTERPRET", "1")
 os.environ.setdefault("TQDM_DISABLE", "1")
+# the tests never reach the internet nor a user's cache: files a test fetches come from its own
+# local server (tests/test_hub.py) into a cache of this session
+os.environ["FASTMINE_OFFLINE"] = "1"
+os.environ["FASTMINE_CACHE"] = tempfile.mkdtemp(prefix="fastmine-test-cache-")
+os.environ.pop("FASTMINE_MIRROR", None)
 
 import pytest
 

@@ -1,7 +1,7 @@
 """LPIPS (fastmine.metrics.lpips) against torchmetrics' implementation, its embedding form, and
 its use in CDC's intra-cluster diversity.
 
-ImageNet AlexNet weights cannot be downloaded here: both sides use the same seeded random
+The tests never fetch torchvision's ImageNet AlexNet: both sides use the same seeded random
 backbone and the LPIPS linear weights torchmetrics ships; the reference distances come from
 ``scripts/reference_lpips.py`` (torchmetrics' ``_LPIPS``), committed in
 ``tests/fixtures/lpips_reference.json``.
@@ -87,11 +87,14 @@ def test_scorer_uses_lpips_when_given_and_says_so(lpips):
     assert with_lpips["fid"] == plain["fid"]  # only the intra-cluster diversity changes
 
 
-def test_missing_weights_are_named_and_never_downloaded(tmp_path, monkeypatch):
-    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
+def test_missing_weights_are_named(tmp_path, monkeypatch):
+    # the suite runs with FASTMINE_OFFLINE=1 and an empty cache: where the file goes is said in one line
     assert find_lpips() is None
-    with pytest.raises(FileNotFoundError, match=r"alexnet-owt-7be5be79\.pth.*not downloaded here"):
+    with pytest.raises(FileNotFoundError, match=r"FASTMINE_OFFLINE=1 forbids downloading it: put "
+                                                r"alexnet-owt-7be5be79\.pth at \S+download\.pytorch\.org/models/"):
         load_lpips()
+    with pytest.raises(FileNotFoundError, match=r"no-such\.pth'"):
+        load_lpips(backbone=tmp_path / "no-such.pth")
     torch.save({"features.0.weight": torch.zeros(1)}, tmp_path / "bad.pth")
     with pytest.raises(KeyError):
         load_lpips(backbone=tmp_path / "bad.pth")
@@ -101,10 +104,9 @@ def test_inversion_of_rgb_images_uses_lpips_when_its_weights_are_on_disk(tmp_pat
     from fastmine.inversion import default_features
 
     x, y = image_pairs()["rgb64"]
-    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
-    assert default_features(x, "cpu") is None  # no weights: pixels only
-    (tmp_path / "checkpoints").mkdir()
-    torch.save(random_backbone(), tmp_path / "checkpoints" / "alexnet-owt-7be5be79.pth")
+    assert default_features(x, "cpu") is None  # offline, nothing cached: pixels only
+    torch.save(random_backbone(), tmp_path / "alexnet.pth")
+    monkeypatch.setattr("fastmine.metrics.lpips.default_backbone_path", lambda: tmp_path / "alexnet.pth")
     features = default_features(x, "cpu")
     with torch.no_grad():  # the inversion's feature term, a mean over dimensions, is LPIPS itself
         term = (features(x) - features(y)).pow(2).mean(1)

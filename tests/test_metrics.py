@@ -469,21 +469,24 @@ def no_network(monkeypatch):
     monkeypatch.setattr(torch.hub, "download_url_to_file", refuse)
 
 
-@pytest.mark.parametrize("weights", [None, "/nonexistent/dir/pt_inception.pth"])
-def test_missing_inception_weights_clear_error_no_download(no_network, weights, monkeypatch):
-    # torch_fidelity must not even be imported when the file is missing
+def test_a_missing_inception_weights_file_is_named_without_any_network_access(no_network, monkeypatch):
+    # torch_fidelity must not even be imported when the file given is missing
     monkeypatch.setitem(sys.modules, "torch_fidelity", None)
+    weights = "/nonexistent/dir/pt_inception.pth"
     for make in (lambda: get_feature_extractor("inception", weights=weights), lambda: InceptionFeatures(weights)):
         with pytest.raises(FileNotFoundError) as ei:
             make()
         msg = str(ei.value)
-        assert "cannot download" in msg
-        assert INCEPTION_WEIGHTS_FILENAME in msg and "pt_inception-2015-12-05" in msg
-        assert "inception_weights" in msg
-        if weights is not None:
-            assert weights in msg
-    with pytest.raises(FileNotFoundError, match="cannot download"):
-        evaluate_sampler(_Pool(), torch.zeros(4, 1, 8, 8), extractor="inception")
+        assert weights in msg and INCEPTION_WEIGHTS_FILENAME in msg and "inception_weights" in msg
+    with pytest.raises(FileNotFoundError, match="no file at"):
+        evaluate_sampler(_Pool(), torch.zeros(4, 1, 8, 8), extractor="inception", inception_weights=weights)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("torch_fidelity") is None, reason="torch-fidelity not installed")
+def test_offline_without_cached_inception_weights_says_where_to_put_them(no_network):
+    with pytest.raises(FileNotFoundError, match=f"FASTMINE_OFFLINE=1 forbids downloading it: put "
+                                                f"{INCEPTION_WEIGHTS_FILENAME} at "):
+        evaluate_sampler(_Pool(), torch.zeros(4, 3, 8, 8))  # 3-channel images: Inception by default
 
 
 @pytest.mark.skipif(importlib.util.find_spec("torch_fidelity") is None, reason="torch-fidelity not installed")

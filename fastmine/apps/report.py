@@ -62,10 +62,10 @@ def few_shot_metrics_note(m: dict, whose: str = "") -> str:
                    f"{m['kid_std']:.3g})")
     counted = f"{m['intra_cluster_clusters']:.3g} clusters counted{whose} (mean over draws)"
     if m["intra_cluster_features"] == "lpips-alex":
-        distance = "LPIPS (AlexNet, its weights on disk), as CDC"
+        distance = "LPIPS (AlexNet), as CDC"
     else:
-        distance = (f"Euclidean distances of the `{m['intra_cluster_features']}` features, not LPIPS (its weights "
-                    "are not on disk)")
+        distance = (f"Euclidean distances of the `{m['intra_cluster_features']}` features, not LPIPS (LPIPS scores "
+                    "3-channel images, and only when its weights could be had)")
     return ("KID: unbiased squared MMD with the cubic polynomial kernel (xᵀy/d + 1)³ (Bińkowski et al. 2018), "
             f"{subsets}. Precision / recall: share of generated samples inside the real set's k-NN manifold / of real "
             f"samples inside the generated set's, k = {PR_K} (Kynkäänniemi et al. 2019). Intra-cluster: each generated "

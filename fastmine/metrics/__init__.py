@@ -1,8 +1,9 @@
 """Evaluation metrics: FID, KMMD, MV and target share on pluggable feature extractors.
 
-The offline default extractor is a small digits classifier shipped with fastmine
-(``weights/digits_classifier.safetensors``); Inception-v3 features are available when
-their weights file is on disk (``inception_weights``) -- nothing is ever downloaded.
+The digits' extractor is a small classifier shipped with fastmine
+(``weights/digits_classifier.safetensors``); Inception-v3 (the FID standard for 3-channel
+images) and LPIPS's AlexNet use their published weights, fetched on first use into fastmine's
+cache (:mod:`fastmine.hub`), or local files given explicitly.
 """
 
 from .features import (

@@ -12,8 +12,9 @@ gives both in one pass), Inception has none that we use.
   on the same footing. Features: the 64-d penultimate layer (after its ReLU).
 * ``InceptionFeatures`` -- Inception-v3 pool3 features (2048-d), the FID standard, via
   torchmetrics' ``NoTrainInceptionV3`` (which needs the optional ``torch-fidelity``
-  package). This machine cannot download anything: the weights file must be given
-  explicitly, and nothing here ever falls back to a download.
+  package). Its weights are torch-fidelity's published file, fetched on first use into
+  fastmine's cache and checked against the hash prefix in its name (:mod:`fastmine.hub`,
+  catalogue name ``metrics/inception-v3``), or a local file given explicitly.
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ import torch.nn.functional as F
 from safetensors import safe_open
 from safetensors.torch import load_file
 
+from .. import hub
+
 __all__ = [
     "DigitsFeatureNet",
     "InceptionFeatures",
@@ -42,9 +45,9 @@ __all__ = [
 
 DIGITS_WEIGHTS_PATH = Path(__file__).resolve().parent / "weights" / "digits_classifier.safetensors"
 
-# The file torch-fidelity (and so torchmetrics' FID) would fetch from
-# https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/weights-inception-2015-12-05-6726825d.pth
-# -- the TF "pt_inception-2015-12-05" graph converted to PyTorch.
+# The file torch-fidelity (and so torchmetrics' FID) fetches -- the TF "pt_inception-2015-12-05"
+# graph converted to PyTorch; its URL is the catalogue's entry INCEPTION_WEIGHTS
+INCEPTION_WEIGHTS = "metrics/inception-v3"
 INCEPTION_WEIGHTS_FILENAME = "weights-inception-2015-12-05-6726825d.pth"
 
 
@@ -152,23 +155,10 @@ def load_digits_feature_net(
 
 
 # --------------------------------------------------------------------------------------
-# Inception-v3 (only from a local weights file; never downloads)
+# Inception-v3 (torch-fidelity's weights, fetched once into fastmine's cache)
 # --------------------------------------------------------------------------------------
-def _missing_inception_message(path) -> str:
-    where = "no path was given" if path is None else f"no file at {str(path)!r}"
-    return (
-        f"Inception-v3 weights are required for extractor='inception', but {where}. "
-        "This machine cannot download them, and fastmine never tries to. "
-        f"Obtain the file {INCEPTION_WEIGHTS_FILENAME} (torch-fidelity's PyTorch port of "
-        "TensorFlow's pt_inception-2015-12-05 FID network) on a machine with internet "
-        "access, copy it here, and pass its path as the `inception_weights` argument "
-        f"(`fastmine eval --inception-weights /path/to/{INCEPTION_WEIGHTS_FILENAME}`). "
-        "Or use extractor='digits', the offline default."
-    )
-
-
 class InceptionFeatures(nn.Module):
-    """Inception-v3 pool3 features (2048-d) from a local weights file.
+    """Inception-v3 pool3 features (2048-d): torch-fidelity's FID network.
 
     Uses torchmetrics' ``NoTrainInceptionV3`` (the network behind
     ``torchmetrics.image.fid.FrechetInceptionDistance``), which requires the optional
@@ -176,26 +166,28 @@ class InceptionFeatures(nn.Module):
     1 or 3 channels are quantised to uint8 RGB (grey repeated to 3 channels); the
     network resizes them to 299x299 itself.
 
-    The path is checked before the network is built, so a missing file raises
-    ``FileNotFoundError`` and nothing ever falls back to a download.
+    ``weights_path``: a local file (or URL); None fetches torch-fidelity's published weights on
+    first use (``FASTMINE_OFFLINE=1``: the cached copy, else a one-line error saying where to
+    put the file).
     """
 
     num_features = 2048
 
     def __init__(self, weights_path: Optional[Union[str, os.PathLike]] = None):
         super().__init__()
-        if weights_path is None or not Path(weights_path).is_file():
-            raise FileNotFoundError(_missing_inception_message(weights_path))
+        if weights_path is not None and not hub.is_remote(weights_path) and not Path(weights_path).is_file():
+            raise FileNotFoundError(f"Inception-v3 weights: no file at {str(weights_path)!r}; pass the path of "
+                                    f"{INCEPTION_WEIGHTS_FILENAME} (inception_weights=...), or none to fetch it")
         if importlib.util.find_spec("torch_fidelity") is None:  # pragma: no cover - depends on the environment
             raise ImportError(
                 "extractor='inception' needs the optional package torch-fidelity "
-                "(`pip install torch-fidelity`, or `pip install torchmetrics[image]`); "
-                "it is only used to build the network around your local weights file."
+                "(`pip install 'fastmine[inception]'` or `pip install torch-fidelity`); "
+                "it builds the network around the weights file."
             )
         # torchmetrics' image metrics take seconds to import (matplotlib, scipy); only this needs them
         from torchmetrics.image.fid import NoTrainInceptionV3
 
-        self.weights_path = str(weights_path)
+        self.weights_path = str(hub.resolve(weights_path) if weights_path is not None else hub.fetch(INCEPTION_WEIGHTS))
         self.net = NoTrainInceptionV3(
             name="inception-v3-compat",
             features_list=[str(self.num_features)],
@@ -227,8 +219,8 @@ def get_feature_extractor(
     """Build a feature extractor by name.
 
     ``"digits"``: the shipped digits classifier (``weights`` optionally overrides the
-    file). ``"inception"``: Inception-v3 from the local file ``weights`` (required;
-    ``FileNotFoundError`` otherwise -- no download is ever attempted).
+    file). ``"inception"``: Inception-v3 from ``weights``, by default torch-fidelity's file
+    fetched on first use (:class:`InceptionFeatures`).
     """
     key = name.lower()
     if key == "digits":

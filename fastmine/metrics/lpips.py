@@ -1,4 +1,4 @@
-"""LPIPS (Zhang et al. 2018, v0.1, AlexNet) from weights on disk only, never downloaded.
+"""LPIPS (Zhang et al. 2018, v0.1, AlexNet).
 
 For images x, y in [-1, 1] (shifted and scaled per channel as the original), f_l the
 activations after AlexNet's five ReLUs, unit-normalised over channels, and w_l ≥ 0 the
@@ -13,8 +13,9 @@ matrix product, which is how CDC's intra-cluster diversity uses it.
 Two files, both read as data (``torch.load(weights_only=True)``):
 
 - the backbone: torchvision's ImageNet AlexNet, ``alexnet-owt-7be5be79.pth`` (keys
-  ``features.{0,3,6,8,10}.{weight,bias}``), looked for in torch hub's checkpoint folder
-  (``$TORCH_HOME/hub/checkpoints``, where torchvision caches it) or given as a path;
+  ``features.{0,3,6,8,10}.{weight,bias}``), fetched on first use into fastmine's cache and
+  checked against the hash prefix in its name (:mod:`fastmine.hub`, catalogue name
+  ``metrics/alexnet``), or given as a path;
 - the linear weights: LPIPS v0.1 ``alex.pth`` (keys ``lin{0..4}.model.1.weight``), which
   torchmetrics ships in its package (used from there unless another path is given).
 
@@ -25,13 +26,16 @@ of a 16 px image), 1-channel images repeated to 3. Tested against torchmetrics' 
 from __future__ import annotations
 
 import importlib.util
+import sys
 from pathlib import Path
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-BACKBONE_FILE = "alexnet-owt-7be5be79.pth"
+from .. import hub
+
+BACKBONE = "metrics/alexnet"  # the catalogue's torchvision alexnet-owt-7be5be79.pth
 # found without importing torchmetrics (seconds: matplotlib, scipy)
 LIN_FILE = Path(importlib.util.find_spec("torchmetrics").origin).parent / "functional/image/lpips_models/alex.pth"
 # AlexNet's convolutions (in, out, kernel, stride, padding), torchvision's feature indices,
@@ -43,7 +47,8 @@ MIN_SIZE = 64
 
 
 def default_backbone_path() -> Path:
-    return Path(torch.hub.get_dir()) / "checkpoints" / BACKBONE_FILE
+    """torchvision's AlexNet weights in fastmine's cache, fetched the first time."""
+    return hub.fetch(BACKBONE)
 
 
 class LPIPS(nn.Module):
@@ -97,24 +102,25 @@ class LPIPS(nn.Module):
 
 
 def load_lpips(backbone=None, lin=None, device="cpu") -> LPIPS:
-    """LPIPS from the files on disk (module docstring); FileNotFoundError naming what is missing
-    and where it was looked for."""
-    backbone = Path(backbone) if backbone is not None else default_backbone_path()
+    """LPIPS from its two files (module docstring; the backbone fetched on first use unless
+    given); FileNotFoundError naming what is missing and where it was looked for."""
+    backbone = Path(hub.resolve(backbone)) if backbone is not None else default_backbone_path()
     lin = Path(lin) if lin is not None else LIN_FILE
     for path, what in ((backbone, "torchvision's ImageNet AlexNet weights"), (lin, "LPIPS v0.1 linear weights")):
         if not path.is_file():
-            raise FileNotFoundError(f"LPIPS needs {what} at {str(path)!r} (not downloaded here): copy "
-                                    f"{path.name} there from a machine that has it (torchvision caches it in "
-                                    "$TORCH_HOME/hub/checkpoints), or pass its path")
+            raise FileNotFoundError(f"LPIPS needs {what} at {str(path)!r}: pass the path of {path.name}, or none "
+                                    "to use the copy fastmine fetches")
     read = lambda p: torch.load(p, map_location="cpu", weights_only=True)
     return LPIPS().load(read(backbone), read(lin)).to(device)
 
 
 def find_lpips(device="cpu") -> LPIPS | None:
-    """LPIPS when its weights are on disk in the default places, else None."""
+    """LPIPS with its weights fetched on first use; None when they cannot be had (offline and not
+    cached, or the download failed: the caller falls back to other features and says so)."""
     try:
         return load_lpips(device=device)
-    except FileNotFoundError:
+    except (FileNotFoundError, hub.DownloadError) as e:
+        print(f"LPIPS unavailable ({' '.join(str(e).split())}); using other features", file=sys.stderr)
         return None
 
 
