@@ -1,7 +1,9 @@
 """Start-up budget (README "Start-up"): `fastmine --help`, every `fastmine COMMAND --help` and
 argument errors answer without importing torch, and `import fastmine` with the whole public API
 leaves the slow optional packages unloaded. Asserted on the modules loaded, never on timing."""
+import importlib
 import json
+import os
 import re
 import subprocess
 import sys
@@ -124,7 +126,18 @@ def test_the_readme_snippet_names_resolve_in_a_fresh_process():
 def test_every_command_runs_a_function_of_its_module():
     for name, command in cli.COMMANDS.items():
         module, function = command.run.split(":")
-        assert module == "fastmine.apps.commands" and callable(getattr(commands, function)), name
+        run = getattr(importlib.import_module(module), function)
+        assert module.startswith("fastmine.apps.") and callable(run), name
+
+
+def test_the_cache_commands_answer_without_torch(tmp_path):
+    # `fastmine models` / `cache` read a YAML file and a folder: nothing there needs torch
+    code = ("import sys; from fastmine.cli import main; main(['models']); main(['cache']); "
+            "print('torch' in sys.modules)")
+    env = {**os.environ, "FASTMINE_CACHE": str(tmp_path)}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "stylegan2-ada/ffhq-1024" in done.stdout and done.stdout.strip().endswith("False")
 
 
 @pytest.mark.parametrize("error, code", [(RunInterrupted("stopped at step 3"), 1),
