@@ -23,9 +23,9 @@ from .config import has_run_mark
 OWN_NAMES = ("config.yaml", "config_history.jsonl", "metrics.jsonl", "checkpoints", "samples", "trackers",
              "model.safetensors", "selector.json", "s3_masks.json", "inverted_latents.safetensors", "report.md",
              "eval.json", "pictures", "fid_over_steps.png", "demo_result.json", ".lock")
-# where fastmine's own temporary files are (a write killed before its rename): `.NAME.tmp-PID`
-_TEMP = re.compile(r"\.(.+)\.tmp-\d+")
-_TEMP_FOLDERS = ("", "checkpoints")
+# fastmine's own temporary files (a write killed before its rename: `.NAME.tmp-PID`), by folder
+_TEMPS = {"": re.compile(r"\.(" + "|".join(re.escape(n) for n in OWN_NAMES) + r")\.tmp-\d+"),
+          "checkpoints": re.compile(r"\.(ckpt-\d+\.safetensors|ckpt-\d+\.state\.pt|latest\.json)\.tmp-\d+")}
 
 
 class RunFolderError(ValueError):
@@ -127,12 +127,12 @@ def remove_stale_temps(folder) -> list:
     the run folder and its checkpoints (call only while holding the folder's :class:`RunLock`:
     then no live writer owns one). Other files, whatever their names, are left alone."""
     removed = []
-    for sub in _TEMP_FOLDERS:
+    for sub, temp in _TEMPS.items():
         d = Path(folder) / sub
         if not d.is_dir() or d.is_symlink():
             continue
         for p in d.iterdir():
-            if _TEMP.fullmatch(p.name) and p.is_file() and not p.is_symlink():
+            if temp.fullmatch(p.name) and p.is_file() and not p.is_symlink():
                 p.unlink(missing_ok=True)
                 removed.append(p)
     return removed

@@ -535,7 +535,9 @@ class Trainer:
         expected |= {f"parts.{k}": v for k, v in self.parts.state_dict().items()}
         optional = "sampler.generator." if frozen_generator else None  # written sharded: loads from its own file
         missing = [k for k in expected if k not in tensors and not (optional and k.startswith(optional))]
-        unexpected = [k for k in tensors if k not in expected]
+        # a generator sharded now takes no weights from a checkpoint, whichever way it was written
+        sharded = tuple(f"sampler.{p}" for p in distributed.sharded_prefixes(self.sampler))
+        unexpected = [k for k in tensors if k not in expected and not (sharded and k.startswith(sharded))]
         wrong = [k for k in expected if k in tensors and tuple(tensors[k].shape) != tuple(expected[k].shape)]
         if missing or unexpected or wrong:
             raise ValueError(f"its tensors do not fit the run: missing {missing[:3]}, unexpected {unexpected[:3]}, "
