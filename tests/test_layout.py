@@ -98,7 +98,7 @@ def test_the_library_does_not_import_apps_cli_or_benchmarks():
 LAYERS = {
     0: ("config", "methods"),
     1: ("latent", "nets", "miner", "samplers", "losses", "data", "images", "sparse", "metrics", "trackers",
-        "zoo", "augment", "regularizers"),
+        "zoo", "augment", "regularizers", "ema"),
     2: ("multi", "fusion", "inversion"),
     3: ("files", "checkpoints"),
     4: ("conditional",),
