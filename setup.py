@@ -30,7 +30,7 @@ setup(
     extras_require={
         # triton ships with CUDA torch builds; CPU installs take it for the interpreter tests
         "triton": ["triton>=3.1"],
-        "test": ["pytest>=7", "triton>=3.1", "ruff>=0.6"],
+        "test": ["pytest>=7", "pytest-xdist>=3", "triton>=3.1", "ruff>=0.6"],
         "deepspeed": ["deepspeed>=0.15"],
         # BigGAN adapter for conditional mining (a local folder, or a catalogue name fetched once)
         "biggan": ["pytorch-pretrained-biggan>=0.1.1"],

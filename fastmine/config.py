@@ -145,6 +145,14 @@ class RegularizeConfig:
 
 
 @dataclass
+class EmaConfig:
+    """A moving average of the trained sampler-side weights (stylegan2-ada's G_ema, fastmine.ema):
+    samples, evaluations and the written model come from it; checkpoints keep the raw weights too."""
+    kimg: Optional[float] = None     # half-life in thousands of images (0: off); default per method
+    rampup: Optional[float] = None   # half-life at most this fraction of the images seen so far (0: no ramp-up)
+
+
+@dataclass
 class PerfConfig:
     """Speed switches; each is measured on its own in benchmarks/RESULTS.md."""
     impl: str = "auto"               # kernels: auto (Triton on CUDA) | triton | torch
@@ -249,6 +257,7 @@ class RunConfig:
     loss: LossConfig = field(default_factory=LossConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     regularize: RegularizeConfig = field(default_factory=RegularizeConfig)
+    ema: EmaConfig = field(default_factory=EmaConfig)
     perf: PerfConfig = field(default_factory=PerfConfig)
     log: LogConfig = field(default_factory=LogConfig)
     multi: MultiConfig = field(default_factory=MultiConfig)
@@ -671,6 +680,9 @@ def validate(cfg: RunConfig) -> RunConfig:
         raise ConfigError(f"augment.ada_p must be in [0, 1) and augment.ada_target in (0, 1), got "
                           f"{cfg.augment.ada_p} and {cfg.augment.ada_target}")
     _positive(cfg, "augment.ada_images", "augment.ada_interval", "regularize.ewc_samples")
+    for key, zero in (("ema.kimg", "turns the average off"), ("ema.rampup", "no ramp-up")):
+        if _get(cfg, key) is not None and _get(cfg, key) < 0:
+            raise ConfigError(f"config key '{key}' must be >= 0 (0: {zero}), got {_get(cfg, key)}")
     for key in ("regularize.ewc", "regularize.cdc"):
         if _get(cfg, key) < 0:
             raise ConfigError(f"config key '{key}' must be >= 0 (0 turns it off), got {_get(cfg, key)}")

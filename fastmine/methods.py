@@ -46,33 +46,45 @@ _REPROGRAM = {"train": dict(lr=1e-4, critic_lr=1e-4, betas=[0.0, 0.9], batch_siz
 # the project's source recipe (`fastmine pretrain`): WGAN-GP with Adam(2e-4, 0.5, 0.9)
 _PRETRAIN = {"train": dict(lr=2e-4, critic_lr=2e-4, betas=[0.5, 0.9], batch_size=64, n_critic=5),
              "loss": dict(gp_weight=10.0), "miner": dict(seed_dist="normal")}
+# Moving average of the trained weights (fastmine.ema, stylegan2-ada's G_ema). On where a pretrained
+# generator is finetuned: MineGAN's StyleGAN code samples and scores its finetuned generator from
+# an average (g_running, rosinality's accumulate), and so does the StyleGAN code its TransferGAN and
+# FreezeD baselines ran in (FreezeD's own code too). Off where only a miner trains (MineGAN's code
+# averages G, not the miner; Lee et al. average nothing) and for WGAN-GP training from scratch (the
+# project's source recipe, Gulrajani et al.'s, has none). Half-life: stylegan2's 10 kimg, with
+# stylegan2-ada's 5 % ramp-up, which matters here: fastmine's runs see ~20k images, where a fixed
+# 10 kimg half-life would keep the average near the start.
+_EMA_ON = {"ema": dict(kimg=10.0, rampup=0.05)}
+_EMA_OFF = {"ema": dict(kimg=0.0, rampup=0.05)}
 
 METHODS = {
     m.name: m
     for m in [
-        Method("minegan_noft", True, "never", ("mine",), defaults=_MINEGAN_ONE,
+        Method("minegan_noft", True, "never", ("mine",), defaults=_MINEGAN_ONE | _EMA_OFF,
                summary="MineGAN w/o FT: train a miner in front of the frozen generator (eq. 3-4)"),
-        Method("minegan", True, "after_mining", ("mine",), defaults=_MINEGAN_ONE,
+        Method("minegan", True, "after_mining", ("mine",), defaults=_MINEGAN_ONE | _EMA_ON,
                summary="MineGAN: mine, then finetune miner, generator and critic together (§3.4.1)"),
-        Method("minegan_pp", True, "after_mining", ("mine",), sparse_critic=True, defaults=_MINEGAN_ONE,
+        Method("minegan_pp", True, "after_mining", ("mine",), sparse_critic=True, defaults=_MINEGAN_ONE | _EMA_ON,
                summary="MineGAN++: MineGAN with the critic trained under S³ masks in both stages (§3.4.2)"),
-        Method("finetune", True, "always", ("finetune",), defaults=_MINEGAN,
+        Method("finetune", True, "always", ("finetune",), defaults=_MINEGAN | _EMA_ON,
                summary="the finetuning stage alone, starting from a mined file"),
-        Method("reprogram", True, "never", ("reprogram",), defaults=_REPROGRAM,
+        Method("reprogram", True, "never", ("reprogram",), defaults=_REPROGRAM | _EMA_OFF,
                summary="GAN reprogramming (Lee et al.): uniform-seed code generator, WGAN-GP lambda=1"),
-        Method("transfergan", False, "always", ("baseline",), defaults=_WGANGP,
+        Method("transfergan", False, "always", ("baseline",), defaults=_WGANGP | _EMA_ON,
                summary="TransferGAN: finetune the pretrained generator and critic"),
-        Method("transfergan_pp", False, "always", ("baseline",), sparse_critic=True, defaults=_WGANGP,
+        Method("transfergan_pp", False, "always", ("baseline",), sparse_critic=True, defaults=_WGANGP | _EMA_ON,
                summary="TransferGAN++: TransferGAN with the critic trained under S³ masks"),
-        Method("freezed", False, "always", ("baseline",), freeze_critic_blocks=True, defaults=_WGANGP,
+        Method("freezed", False, "always", ("baseline",), freeze_critic_blocks=True, defaults=_WGANGP | _EMA_ON,
                summary="FreezeD: TransferGAN with the critic's leading blocks frozen"),
         Method("scratch", False, "always", ("baseline", "pretrain"), fresh_generator=True, fresh_critic=True,
-               defaults=_WGANGP, summary="from scratch: a freshly initialised GAN (also what `pretrain` runs)"),
-        Method("pretrain_conditional", False, "always", ("pretrain",), kind="conditional", defaults=_PRETRAIN,
+               defaults=_WGANGP | _EMA_OFF,
+               summary="from scratch: a freshly initialised GAN (also what `pretrain` runs)"),
+        Method("pretrain_conditional", False, "always", ("pretrain",), kind="conditional",
+               defaults=_PRETRAIN | _EMA_OFF,
                summary="a class-conditional source GAN on labelled data, ready for conditional mining (§4.1)"),
-        Method("minegan_multi", True, "never", ("mine-multi",), kind="multi", defaults=_MINEGAN,
+        Method("minegan_multi", True, "never", ("mine-multi",), kind="multi", defaults=_MINEGAN | _EMA_OFF,
                summary="MineGAN(multi): one miner per frozen generator, supersamples, selector π (eq. 5-10)"),
-        Method("fuse", False, "always", ("fuse",), kind="fuse", defaults=_WGANGP,
+        Method("fuse", False, "always", ("fuse",), kind="fuse", defaults=_WGANGP | _EMA_OFF,
                summary="fusion: N generators into one conditioned through its prior (eq. 15-16)"),
     ]
 }

@@ -29,6 +29,7 @@ from . import distributed, zoo
 from .augment import build_augment
 from .config import register_choices
 from .data import DeviceSampler
+from .ema import WeightAverage, ema_beta
 from .files import atomic_save_safetensors, atomic_torch_save, atomic_write_text, read_file
 from .images import save_grid
 from .losses import check_critic_for_penalty, clip_weights, get_objective, gradient_penalty, r1_penalty
@@ -182,6 +183,10 @@ class Trainer:
                 r.setup(self.sampler, self.critic, gen, self.device)
         self.parts = nn.ModuleDict({"augment": self.augment} if self.augment is not None else {})
         self.parts.update({f"regularize_{r.name}": r for r in self.regularizers})
+        # the moving average of the trained weights (ema section): checkpointed with the other parts
+        self.ema = self._weight_average()
+        if self.ema is not None:
+            self.parts["ema"] = self.ema
         self.parts.to(self.device)
         self.state = TrainState()
         self._step_t = torch.zeros((), dtype=torch.long, device=self.device)
@@ -201,6 +206,24 @@ class Trainer:
     def _penalty_every(self) -> int:
         loss = self.cfg.loss
         return max(1, loss.r1_every if self.objective.penalty == "r1" else loss.gp_every)
+
+    def _weight_average(self) -> WeightAverage | None:
+        """The average of every parameter a group trains (ema.kimg > 0), else None."""
+        if not self.cfg.ema.kimg:
+            return None
+        params = {}
+        for g in self.groups:
+            for name, p in g.module.named_parameters():
+                if distributed.is_sharded_param(p):
+                    raise ValueError("ema.kimg averages the trained weights on every process, but this generator is "
+                                     "sharded (no process holds it whole); set ema.kimg=0 or dist.shard=none")
+                if all(p is not q for q in params.values()):
+                    params[f"{g.name}.{name}"] = p
+        return WeightAverage(params)
+
+    def _averaged(self):
+        """The weight average in place (samples, evaluations) inside the block; the raw weights after it."""
+        return self.ema.swapped() if self.ema is not None else contextlib.nullcontext()
 
     def _reset_stats(self):
         z = lambda: torch.zeros((), device=self.device)
@@ -356,6 +379,9 @@ class Trainer:
         for i in range(self.cfg.train.n_critic):
             self.critic_step(step, step * self.cfg.train.n_critic + i)
         self.sampler_step(step)
+        if self.ema is not None:  # stylegan2-ada's G_ema update, cur_nimg counted before this update
+            global_batch = self.cfg.train.batch_size * self.world
+            self.ema.update(ema_beta(global_batch, step * global_batch, self.cfg.ema.kimg, self.cfg.ema.rampup or None))
         self.state.step = step + 1
 
     # ------------------------------------------------------------------ loop
@@ -400,6 +426,8 @@ class Trainer:
                 progress.close()
             if self.trackers is not None:
                 self.trackers.finish()
+        if self.ema is not None:  # the written model and the returned sampler are the average; the
+            self.ema.apply()      # checkpoints keep the raw weights beside it
         if self.channels_last:  # hand the modules back in the default layout: a user's `x.view(n, -1)`
             # on a channels_last sample would fail
             _to_channels_last(self.sampler, torch.contiguous_format)
@@ -433,8 +461,9 @@ class Trainer:
             row["regularize"] = s["regularize"].item() / ns
         if self.augment is not None:
             row.update(self.augment.stats())
-        for cb in self.callbacks:
-            row.update(cb(self, step) or {})
+        with self._averaged():  # evaluations score the average, as the written model will be
+            for cb in self.callbacks:
+                row.update(cb(self, step) or {})
         self._reset_stats()
         if self.trackers is not None:
             self.trackers.log(row, step)
@@ -447,7 +476,7 @@ class Trainer:
     def save_samples(self, step):
         was = self.sampler.training
         self.sampler.eval()
-        with torch.no_grad():
+        with torch.no_grad(), self._averaged():
             images = self.sampler(self.grid_seeds)
         self.sampler.train(was)
         images = self.hooks.visible(images)  # without the label channels a labelled critic sees
@@ -568,7 +597,15 @@ class Trainer:
         distributed.load_checkpoint_state(self.sampler, sampler_state,
                                           omitted_prefix="generator." if frozen_generator else None)
         self.critic.load_state_dict({k[7:]: v for k, v in tensors.items() if k.startswith("critic.")})
-        self.parts.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("parts.")})
+        parts = {k[6:]: v for k, v in tensors.items() if k.startswith("parts.")}
+        if self.ema is not None and not any(k.startswith("ema.") for k in parts):
+            # a checkpoint written before the average existed: it restarts at the raw weights
+            self.ema.reset()
+            parts |= {f"ema.{k}": v for k, v in self.ema.state_dict().items()}
+            if self.is_main:
+                print("fastmine: the checkpoint holds no weight average (ema): it starts at the resumed weights",
+                      file=sys.stderr)
+        self.parts.load_state_dict(parts)
         self._set_phase(step)  # the parameters that train at this step must be the optimizer's
         self.opt_critic.load_state_dict(state["opt_critic"])
         self.opt_sampler.load_state_dict(state["opt_sampler"])

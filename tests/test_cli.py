@@ -8,6 +8,7 @@ import sys
 import pytest
 import torch
 import yaml
+from budgets import QUICK_INVERSION, QUICK_INVERSION_ARGS
 from PIL import Image
 
 import fastmine as fm
@@ -17,7 +18,8 @@ from fastmine.files import load_any, load_generator
 from fastmine.methods import methods_of
 
 TINY = ["data.size=8", "data.limit=20", "train.steps=3", "train.batch_size=8", "train.n_critic=1",
-        "log.progress=false", "log.log_every=1", "log.sample_every=2", "log.checkpoint_every=2"]
+        "log.progress=false", "log.log_every=1", "log.sample_every=2", "log.checkpoint_every=2",
+        *QUICK_INVERSION_ARGS]
 
 
 def _run(tmp_path, *args):
@@ -114,7 +116,7 @@ def test_minegan_unfreezes_the_generator_only_after_mining(tmp_path, digits_sour
         seen.append((step, any(p.requires_grad for p in trainer.sampler.generator.parameters())))
 
     result = fm.train(G, target, method="minegan", steps=6, mine_steps=3, log_every=1, batch_size=8,
-                      progress=False, callbacks=[watch])
+                      progress=False, callbacks=[watch], invert_cfg=QUICK_INVERSION)
     assert seen == [(1, False), (2, False), (3, False), (4, True), (5, True), (6, True)]
     after = result.sampler.generator.module.state_dict()
     assert any(not torch.equal(before[k], after[k]) for k in before), "finetuning must change the generator"
@@ -122,7 +124,7 @@ def test_minegan_unfreezes_the_generator_only_after_mining(tmp_path, digits_sour
 
 def test_saved_sampler_reloads_in_a_fresh_process(tmp_path, digits_source):
     target = fm.load_digits(labels=[9], limit=20, size=8)
-    result = fm.mine(digits_source, target, steps=3, batch_size=8, progress=False)
+    result = fm.mine(digits_source, target, steps=3, batch_size=8, progress=False, invert_cfg=QUICK_INVERSION)
     path = tmp_path / "mined.safetensors"
     fm.save_sampler(path, result.sampler)
     here = result.sampler.sample(16, seed=7)

@@ -3,6 +3,7 @@ limit, and a summary line; the digits features refuse other data."""
 import numpy as np
 import pytest
 import torch
+from budgets import QUICK_INVERSION
 from PIL import Image
 
 import fastmine as fm
@@ -124,7 +125,8 @@ def test_a_target_given_in_code_is_recorded_and_asked_for_again(digits_source, t
     from fastmine.config import load_config
 
     target = fm.load_digits(labels=[9], limit=32, size=8)
-    fm.mine(str(digits_source), target, steps=2, batch_size=8, progress=False, run_dir=tmp_path / "r")
+    fm.mine(str(digits_source), target, steps=2, batch_size=8, progress=False, run_dir=tmp_path / "r",
+            invert_cfg=QUICK_INVERSION)
     assert load_config(tmp_path / "r" / "config.yaml").data.dataset == "given"
     with pytest.raises(ValueError, match="given in code"):
         fm.evaluate_run(tmp_path / "r", repeats=1)

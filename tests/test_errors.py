@@ -5,6 +5,7 @@ import re
 import pytest
 import torch
 import toy_models
+from budgets import QUICK_INVERSION, QUICK_INVERSION_ARGS
 from torch import nn
 
 import fastmine as fm
@@ -140,7 +141,7 @@ def test_train_names_the_entry_point_of_other_kinds(method, entry):
 
 def test_existing_run_folder_is_not_overwritten(digits_source, tmp_path):
     args = ["mine", f"source.generator={digits_source}", f"out_dir={tmp_path}", "name=r", "data.size=8",
-            "data.limit=20", "train.steps=2", "log.progress=false"]
+            "data.limit=20", "train.steps=2", "log.progress=false", *QUICK_INVERSION_ARGS]
     assert main(args) == 0
     before = _snapshot(tmp_path)
     assert main(args) == 2  # no --resume: refuse, touch nothing
@@ -160,7 +161,7 @@ def test_nan_loss_stops_with_step_and_term_and_saves_nothing(digits_source, tmp_
     target = fm.load_digits(labels=[9], limit=20, size=8)
     with pytest.raises(fm.NonFiniteLossError) as e:
         fm.mine(digits_source, target, critic=NaNCritic(), steps=6, log_every=3, checkpoint_every=3,
-                progress=False, run_dir=tmp_path / "run")
+                progress=False, run_dir=tmp_path / "run", invert_cfg=QUICK_INVERSION)
     msg = str(e.value)
     assert "loss_critic became NaN/Inf at step 0" in msg and "--resume" in msg
     assert not (tmp_path / "run" / "checkpoints").exists()

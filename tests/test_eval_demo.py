@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from budgets import QUICK_INVERSION_ARGS
 from PIL import Image
 
 from fastmine.apps.demo import DEMO_METHODS, LABELS, QUICK, pretrained_source
@@ -96,7 +97,7 @@ def test_eval_on_a_tiny_run_writes_the_table_and_a_curve_from_checkpoints(quick_
     # a run with no logged FID: the curve must come from the checkpoints left on disk
     assert main(["mine", f"source.generator={source}", f"out_dir={tmp_path}", "name=tiny", "train.steps=4",
                  "log.log_every=2", "log.checkpoint_every=2", "log.keep_checkpoints=3", "log.progress=false",
-                 "device=cpu"]) == 0
+                 "device=cpu", *QUICK_INVERSION_ARGS]) == 0
     run = tmp_path / "tiny"
     assert main(["eval", str(run), "--repeats", "1"]) == 0
     report = (run / "report.md").read_text()

@@ -131,7 +131,7 @@ def test_the_library_does_not_import_apps_cli_or_benchmarks():
 LAYERS = {
     0: ("config", "methods", "hub"),
     1: ("latent", "nets", "miner", "samplers", "losses", "data", "images", "sparse", "metrics", "trackers",
-        "zoo", "augment", "regularizers", "threads"),
+        "zoo", "augment", "regularizers", "threads", "ema"),
     2: ("multi", "fusion", "inversion"),
     3: ("files", "checkpoints", "runfolder"),
     4: ("conditional",),

@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+from budgets import QUICK_INVERSION
 from torch import nn
 
 import fastmine as fm
@@ -98,7 +99,7 @@ def _prepare(**settings):
     torch.manual_seed(100)
     generator = fm.new_generator(_target(), MODEL)
     return fm.prepare(generator, _target(), device="cpu", batch_size=16, progress=False, model_cfg=MODEL,
-                      log_every=1, **settings)
+                      log_every=1, **{"invert_cfg": QUICK_INVERSION, **settings})
 
 
 @pytest.mark.parametrize("objective", ["logistic", "hinge", "minimax", "lsgan", "wgan_clip"])

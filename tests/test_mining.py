@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 import torch
+from budgets import QUICK_INVERSION
 
 import fastmine as fm
 
@@ -73,7 +74,7 @@ def test_compiled_sampler_follows_eager_through_the_finetuning_switch(digits_sou
     for mode in ("none", "sampler"):
         run = tmp_path / mode
         result = fm.train(digits_source, target, method="minegan", steps=6, mine_steps=3, log_every=1,
-                          compile=mode, progress=False, run_dir=run, seed=3)
+                          compile=mode, progress=False, run_dir=run, seed=3, invert_cfg=QUICK_INVERSION)
         rows[mode] = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
         generators[mode] = result.sampler.generator.module.state_dict()
     for a, b in zip(rows["none"], rows["sampler"], strict=True):

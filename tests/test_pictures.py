@@ -4,6 +4,7 @@ import json
 
 import pytest
 import torch
+from budgets import QUICK_INVERSION
 from conftest import single_thread
 from PIL import Image
 from torch import nn
@@ -21,7 +22,8 @@ from fastmine.metrics.scores import extract
 from fastmine.miner import Miner
 from fastmine.samplers import GeneratorAdapter, Sampler
 
-QUIET = dict(progress=False, batch_size=16, checkpoint_every=10 ** 6, sample_every=10 ** 6, device="cpu")
+QUIET = dict(progress=False, batch_size=16, checkpoint_every=10 ** 6, sample_every=10 ** 6, device="cpu",
+             invert_cfg=QUICK_INVERSION)
 
 
 def px(size_in):

@@ -9,13 +9,14 @@ import time
 
 import pytest
 import torch
+from budgets import QUICK_INVERSION_ARGS
 from safetensors.torch import load_file
 
 from fastmine.cli import main
 from fastmine.runfolder import RunLock
 
 TINY = ["data.limit=64", "train.batch_size=8", "model.width=8", "model.latent_dim=8", "log.progress=false",
-        "log.sample_every=1000", "device=cpu"]
+        "log.sample_every=1000", "device=cpu", *QUICK_INVERSION_ARGS]
 
 
 def _pretrain(tmp_path, *extra):

@@ -9,13 +9,14 @@ import time
 
 import pytest
 import torch
+from budgets import QUICK_INVERSION_ARGS
 from safetensors.torch import load_file
 
 # long enough that the kill lands mid-run: an update takes milliseconds here, start-up seconds
 STEPS = 200
 ARGS = ["data.size=8", "data.limit=40", f"train.steps={STEPS}", "train.batch_size=16", "train.n_critic=2",
         "log.checkpoint_every=4", "log.log_every=2", "log.sample_every=1000", "log.progress=false",
-        "miner.layers=2"]
+        "miner.layers=2", *QUICK_INVERSION_ARGS]
 
 
 def _cmd(source, out, extra=()):

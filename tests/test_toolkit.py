@@ -5,6 +5,7 @@ import json
 
 import pytest
 import torch
+from budgets import QUICK_INVERSION
 from safetensors.torch import load_file
 
 import fastmine as fm
@@ -22,7 +23,7 @@ def _prepare(method="minegan_noft", **settings):
     generator = fm.new_generator(_target(), MODEL)
     generator.freeze(True)
     return fm.prepare(generator, _target(), method=method, device="cpu", batch_size=16, progress=False,
-                      model_cfg=MODEL, **settings)
+                      model_cfg=MODEL, **{"invert_cfg": QUICK_INVERSION, **settings})
 
 
 class Spy(torch.nn.Module):

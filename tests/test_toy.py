@@ -3,6 +3,7 @@
 import pytest
 import torch
 import toy_models
+from budgets import QUICK_INVERSION
 
 import fastmine as fm
 from fastmine.config import ModelConfig
@@ -71,7 +72,7 @@ def test_a_one_argument_target_function_runs():
         return TARGET_MEAN + 0.3 * torch.randn(n, 2)
 
     result = fm.mine(shift_generator(), gaussian, critic=toy_models.make_critic(), steps=3, batch_size=16,
-                     n_critic=2, progress=False)
+                     n_critic=2, progress=False, invert_cfg=QUICK_INVERSION)
     assert sizes[1:] == [16] * 6  # after the example draw: the real batches, batch_size each
     assert result.sampler.sample(10).shape == (10, 2)
     assert all(torch.isfinite(torch.tensor(v)) for v in result.metrics.values() if isinstance(v, float))
@@ -81,7 +82,7 @@ def test_reprogramming_uses_uniform_seeds_and_lee_defaults(tmp_path):
     torch.manual_seed(0)
     target = torch.tensor([1.0, 1.0]) + 0.2 * torch.randn(256, 2)
     result = fm.reprogram(shift_generator(), target, critic=toy_models.make_critic(), steps=5, progress=False,
-                          run_dir=tmp_path / "r")
+                          run_dir=tmp_path / "r", invert_cfg=QUICK_INVERSION)
     cfg = fm.load_config(tmp_path / "r" / "config.yaml")
     assert (cfg.loss.gp_weight, cfg.train.n_critic, cfg.train.batch_size, cfg.train.lr) == (1.0, 10, 32, 1e-4)
     assert (cfg.miner.seed_dist, cfg.miner.init) == ("uniform", "inversion")
@@ -94,7 +95,7 @@ def test_a_flat_setting_overrides_the_methods_default_in_its_section(tmp_path):
     """``seed_dist="normal"`` is miner.seed_dist: reprogramming then draws normal seeds."""
     target = torch.tensor([1.0, 1.0]) + 0.2 * torch.randn(256, 2, generator=torch.Generator().manual_seed(0))
     result = fm.reprogram(shift_generator(), target, critic=toy_models.make_critic(), seed_dist="normal", steps=2,
-                          progress=False, run_dir=tmp_path / "r")
+                          progress=False, run_dir=tmp_path / "r", invert_cfg=QUICK_INVERSION)
     assert result.sampler.seed_dist == "normal" and result.sampler.miner.seed_dist == "normal"
     assert fm.load_config(tmp_path / "r" / "config.yaml").miner.seed_dist == "normal"
     u = result.sampler.draw_seeds(1000, torch.Generator().manual_seed(1))

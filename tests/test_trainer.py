@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from budgets import QUICK_INVERSION
 
 import fastmine as fm
 from fastmine.config import ConfigError, LogConfig, LossConfig, ModelConfig, RunConfig, TrainConfig
@@ -25,7 +26,7 @@ def _generator(seed=100):
 
 def _prepare(**settings):
     return fm.prepare(_generator(), _target(), device="cpu", batch_size=16, progress=False, model_cfg=MODEL,
-                      **settings)
+                      **{"invert_cfg": QUICK_INVERSION, **settings})
 
 
 def test_unknown_amp_setting_is_refused():
