@@ -88,9 +88,10 @@ def test_import_fastmine_loads_neither_torch_nor_the_library():
     assert [m for m in loaded if m.startswith("fastmine.")] == []
 
 
-def test_the_public_api_leaves_the_slow_optional_packages_unloaded():
+def test_the_api_and_the_cli_commands_leave_the_slow_packages_unloaded():
     loaded = set(_in_fresh_python("import sys, json\nfrom fastmine import *\nimport fastmine.api, fastmine.cli, "
-                                  "fastmine.evaluation, fastmine.distributed, fastmine.sharded\n"
+                                  "fastmine.evaluation, fastmine.distributed, fastmine.sharded, "
+                                  "fastmine.apps.commands\n"
                                   "print(json.dumps(sorted(sys.modules)))"))
     assert {"torch", "fastmine.api", "fastmine.runs", "fastmine.evaluation"} <= loaded  # it did load the API
     assert sorted(m for m in HEAVY if m in loaded) == []
