@@ -22,6 +22,7 @@ import re
 import statistics
 import subprocess
 import sys
+import tempfile
 
 from fastmine_benchmarks.common import RESULTS_DIR, device_info, write_result
 
@@ -58,14 +59,16 @@ def _env(pythonpath):
 
 
 def run_case(code: str, env) -> dict:
+    # from a neutral folder: `python -c` puts the working folder ahead of PYTHONPATH
     done = subprocess.run([sys.executable, "-c", CHILD.format(code=code)], capture_output=True, text=True, env=env,
-                          check=True)
+                          check=True, cwd=tempfile.gettempdir())
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def importtime_total(code: str, env) -> float:
     """Seconds: the cumulative import times of the top-level imports ``-X importtime`` lists."""
-    done = subprocess.run([sys.executable, "-X", "importtime", "-c", code], capture_output=True, text=True, env=env)
+    done = subprocess.run([sys.executable, "-X", "importtime", "-c", code], capture_output=True, text=True, env=env,
+                          cwd=tempfile.gettempdir())
     rows = re.findall(r"import time:\s+\d+ \|\s+(\d+) \| (\S)", done.stderr)
     return sum(int(cumulative) for cumulative, first in rows) / 1e6
 

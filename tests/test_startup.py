@@ -90,10 +90,19 @@ def test_import_fastmine_loads_neither_torch_nor_the_library():
     assert [m for m in loaded if m.startswith("fastmine.")] == []
 
 
-def test_the_public_api_leaves_the_slow_optional_packages_unloaded():
-    loaded = set(_in_fresh_python("import sys, json\nfrom fastmine import *\nimport fastmine.api, fastmine.cli, "
-                                  "fastmine.evaluation, fastmine.distributed, fastmine.sharded\n"
-                                  "print(json.dumps(sorted(sys.modules)))"))
+def test_the_api_and_the_cli_commands_leave_the_slow_packages_unloaded():
+    """In one fresh process: the README snippet's every `fm.NAME` resolves through the lazy
+    names (test_readme.py runs the whole snippet, slowly), then the whole API loads without the
+    slow packages."""
+    snippet = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)[0]
+    names = sorted(set(re.findall(r"\bfm\.(\w+)", snippet)))
+    assert "mine" in names and "load_generator" in names
+    found = _in_fresh_python(
+        f"import json, sys\nimport fastmine as fm\nresolved = [callable(getattr(fm, n)) for n in {names!r}]\n"
+        "from fastmine import *\nimport fastmine.cli, fastmine.distributed, fastmine.sharded, fastmine.apps.commands\n"
+        "print(json.dumps([resolved, sorted(sys.modules)]))")
+    resolved, loaded = found[0], set(found[1])
+    assert resolved == [True] * len(names)
     assert {"torch", "fastmine.api", "fastmine.runs", "fastmine.evaluation"} <= loaded  # it did load the API
     assert sorted(m for m in HEAVY if m in loaded) == []
     by_torch = set(_in_fresh_python("import sys, json, torch; print(json.dumps(sorted(sys.modules)))"))
@@ -111,16 +120,6 @@ def test_the_lazy_names_are_the_api():
     assert mine is api_mine and Sampler is samplers_sampler
     with pytest.raises(AttributeError, match="module 'fastmine' has no attribute 'nosuch'"):
         fastmine.nosuch
-
-
-def test_the_readme_snippet_names_resolve_in_a_fresh_process():
-    """The snippet's every `fm.NAME` (test_readme.py runs the whole snippet, slowly)."""
-    snippet = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)[0]
-    names = sorted(set(re.findall(r"\bfm\.(\w+)", snippet)))
-    assert "mine" in names and "load_generator" in names
-    found = _in_fresh_python(f"import json, fastmine as fm; print(json.dumps([callable(getattr(fm, n)) "
-                             f"for n in {names!r}]))")
-    assert found == [True] * len(names)
 
 
 def test_every_command_runs_a_function_of_its_module():

@@ -15,7 +15,6 @@ import math
 from pathlib import Path
 
 import torch
-from matplotlib.figure import Figure
 
 from ..evaluation import read_metrics
 from ..images import make_grid
@@ -58,7 +57,14 @@ def keep_global_random_state():
     return torch.random.fork_rng(devices=[])
 
 
-def _save(fig: Figure, path) -> Path:
+def figure(figsize, dpi=DPI):
+    """A Figure of its own; matplotlib (a while to import) loads with the first picture."""
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=figsize, dpi=dpi)
+
+
+def _save(fig, path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)  # no bbox_inches="tight": the pixel size stays figsize × dpi
@@ -130,7 +136,7 @@ def latent_picture(sampler, path, inverted=None, n: int = 1000, seed: int = 0) -
         inverted = [inverted]
     if len(inverted) != len(samplers):
         raise ValueError(f"got inverted latents for {len(inverted)} generators, the sampler has {len(samplers)}")
-    fig = Figure(figsize=(LATENT_ROW[0], LATENT_ROW[1] * len(samplers)), dpi=DPI)
+    fig = figure((LATENT_ROW[0], LATENT_ROW[1] * len(samplers)))
     axes = fig.subplots(len(samplers), 2, squeeze=False)
     for i, (s, inv) in enumerate(zip(samplers, inverted)):
         name, mined, prior = mined_and_prior(s, n, seed + i)
@@ -210,7 +216,7 @@ def selector_picture(panels, path, names=None) -> Path:
         raise ValueError("every panel needs metrics rows with selector_probs (a multi-generator run logs them)")
     cols = min(SELECTOR_COLUMNS, len(panels))
     rows = math.ceil(len(panels) / cols)
-    fig = Figure(figsize=(SELECTOR_PANEL[0] * cols, SELECTOR_PANEL[1] * rows), dpi=DPI)
+    fig = figure((SELECTOR_PANEL[0] * cols, SELECTOR_PANEL[1] * rows))
     axes = fig.subplots(rows, cols, squeeze=False).ravel()
     for ax, panel in zip(axes, panels):
         steps = [r["step"] for r in panel["rows"]]
@@ -242,7 +248,7 @@ def s3_picture(masks_json, path) -> Path:
     layers = info["layers"]
     if not layers:
         raise ValueError(f"{str(masks_json)!r} lists no critic layers")
-    fig = Figure(figsize=S3_SIZE, dpi=DPI)
+    fig = figure(S3_SIZE)
     ax = fig.subplots()
     names = list(layers)
     fractions = [layers[k]["fraction"] for k in names]
@@ -339,7 +345,7 @@ def nearest_pairs_picture(check: dict, path, n_pairs: int = 16) -> Path:
     n_pairs = min(n_pairs, len(check["fake"]))
     per_row = 4
     rows = math.ceil(n_pairs / per_row)
-    fig = Figure(figsize=NEAREST_SIZE, dpi=DPI)
+    fig = figure(NEAREST_SIZE)
     axes = fig.subplots(rows, 2 * per_row, squeeze=False)
     for ax in axes.ravel():
         ax.axis("off")
@@ -401,7 +407,7 @@ def interpolation_picture(sampler, path, rows: int = 4, steps: int = 8, seed: in
     images, _ = interpolate(sampler, rows, steps, seed)
     if images.ndim != 4:
         raise ValueError("interpolation strips show images; this sampler makes vectors")
-    fig = Figure(figsize=STRIP_SIZE, dpi=DPI)
+    fig = figure(STRIP_SIZE)
     ax = fig.subplots()
     grid = make_grid(images, nrow=steps)
     ax.imshow(grid[..., 0] if grid.shape[-1] == 1 else grid, cmap="gray", vmin=0, vmax=255, interpolation="nearest")

@@ -6,7 +6,6 @@ import platform
 from pathlib import Path
 
 import torch
-from matplotlib.figure import Figure
 
 from .. import __version__
 from ..config import load_config
@@ -78,7 +77,7 @@ def plot_curves(curves: dict[str, list[list[tuple[int, float]]]], path, ylabel="
                 title=None, hline: tuple[str, float] | None = None):
     """One line per label: the mean over its runs at the steps they share, ± std shaded."""
     # a Figure of its own, not pyplot: no global figure state and no GUI backend to choose
-    fig = Figure(figsize=(6.4, 4.2), dpi=100)
+    fig = pictures.figure((6.4, 4.2), dpi=100)
     ax = fig.subplots()
     for label, runs in curves.items():
         runs = [dict(r) for r in runs if r]
