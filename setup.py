@@ -40,5 +40,6 @@ setup(
         "tensorboard": ["tensorboard>=2.10"],
     },
     entry_points={"console_scripts": ["fastmine=fastmine.cli:main"],
-                  "fastmine.commands": ["bench=fastmine_benchmarks.bench_step:main"]},
+                  "fastmine.commands": ["bench=fastmine_benchmarks.bench_step:main",
+                                         "check-gpu=fastmine_benchmarks.check_gpu:main"]},
 )

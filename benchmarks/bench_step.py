@@ -42,7 +42,7 @@ from fastmine_benchmarks.common import RESULTS_DIR, child_result, device_info, r
 from fastmine_benchmarks.step_configs import CONFIGS, check_spec, has_reference, is_builtin, processes, size_of
 from fastmine_benchmarks.step_profile import SIDES, profile_sides, profile_text, rates
 from fastmine_benchmarks.step_replay import bf16_check, numerics_check
-from fastmine_benchmarks.step_timing import measure_side, speedup, time_pair
+from fastmine_benchmarks.step_timing import MIN_BLOCKS, describe_speedup, measure_side, speedup, time_pair
 
 NAN = float("nan")
 
@@ -107,7 +107,7 @@ def key(spec, job) -> str:
                              + job.get("variant", [])).split())
 
 
-def run_bench(specs, device, variants=(), warmup=2, steps=5, reps=3, threads=1, check=True, bf16=False,
+def run_bench(specs, device, variants=(), warmup=2, steps=5, reps=MIN_BLOCKS, threads=1, check=True, bf16=False,
               progress=True, profile=False):
     """Every spec × (fastmine, fastmine + each variant), each against the reference where
     the configuration has one. Time: both sides in one child, blocks alternating (a sharded
@@ -153,8 +153,8 @@ def row(spec, v, results, on_cpu, check, bf16, profile) -> dict:
     out = {"config": spec["label"], "variant": " ".join(v) or "default", "reference": reference,
            "fastmine_processes": t["fastmine"].get("processes", 1), "paired": reference and not sharded,
            "reference_ms": ref_ms, "fastmine_ms": ms,
-           "speedup": speedup(t["reference"]["ms_blocks"], t["fastmine"]["ms_blocks"], paired=not sharded)
-           if reference and not any("error" in t[k] for k in SIDES) else NAN,
+           **(_speedup(t, paired=not sharded) if reference and not any("error" in t[k] for k in SIDES)
+              else {"speedup": NAN}),
            "reference_peak_bytes": ref_peak, "fastmine_peak_bytes": peak, "peak_ratio": peak / ref_peak,
            "reference_blocks_ms": t["reference"].get("ms_blocks"), "fastmine_blocks_ms": t["fastmine"].get("ms_blocks")}
     errors = [d.get("error") for d in (*t.values(), *m.values())]
@@ -172,9 +172,17 @@ def row(spec, v, results, on_cpu, check, bf16, profile) -> dict:
     return out
 
 
+def _speedup(t, paired) -> dict:
+    """speedup (the ratio of medians), its bootstrap interval and verdict under the row's keys."""
+    s = speedup(t["reference"]["ms_blocks"], t["fastmine"]["ms_blocks"], paired=paired)
+    return {"speedup": s["speedup"], "speedup_ci": [s["ci_low"], s["ci_high"]], "speedup_verdict": s["verdict"],
+            "speedup_text": describe_speedup(s)}
+
+
 def table(rows) -> str:
     mib = 1 / 2**20
-    lines = ["| config | variant | reference ms | fastmine ms | speed-up | reference peak MiB | fastmine peak MiB "
+    lines = ["| config | variant | reference ms | fastmine ms | speed-up (ratio of medians, 95 % CI) "
+             "| reference peak MiB | fastmine peak MiB "
              "| peak ratio | same losses? max rel. diff (fp32: 20 updates, fp64: 8) |",
              "|---|---|---:|---:|---:|---:|---:|---:|---|"]
     for r in rows:
@@ -189,7 +197,7 @@ def table(rows) -> str:
         if "bf16" in r:
             chk += f"; bf16 curves {r['bf16']['max_rel_l2']:.3f}" if "max_rel_l2" in r["bf16"] else "; bf16 failed"
         lines.append(f"| {r['config']} | {r['variant']} | {r['reference_ms']:.1f} | {r['fastmine_ms']:.1f} | "
-                     f"{r['speedup']:.2f}x | {r['reference_peak_bytes'] * mib:.1f} | "
+                     f"{r['speedup_text']} | {r['reference_peak_bytes'] * mib:.1f} | "
                      f"{r['fastmine_peak_bytes'] * mib:.1f} | {r['peak_ratio']:.2f} | {chk} |")
     return "\n".join(lines)
 
@@ -212,7 +220,9 @@ def parser() -> argparse.ArgumentParser:
                     help="built-in configurations: DCGAN width (default 16 CPU, 64 CUDA)")
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--steps", type=int, default=None, help="updates per timed block (default 5 CPU, 50 CUDA)")
-    ap.add_argument("--reps", type=int, default=3, help="timed blocks; the median is reported")
+    ap.add_argument("--reps", type=int, default=MIN_BLOCKS,
+                    help=f"timed blocks per side, alternating (default {MIN_BLOCKS}, the fewest with a confidence "
+                         "interval); the ratio of medians is reported with a bootstrap 95 %% interval")
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads per run")
     ap.add_argument("--no-check", action="store_true", help="skip the fp32 and float64 numerics checks")
     ap.add_argument("--bf16-check", action="store_true", help="also compare bf16 loss curves over 200 updates")

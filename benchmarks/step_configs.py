@@ -194,6 +194,8 @@ def build_run(spec, device, variant=()) -> Run:
         inputs = builtin_inputs(spec, cfg, device)
     else:
         cfg, inputs = user_config(spec, device, variant), Inputs()
+    if cfg.perf.threads is None:  # the bench set the threads it measures with (--threads) before building
+        cfg.perf.threads = torch.get_num_threads()
     run = prepare(cfg, inputs, write=False)
     if run.trainer.world > 1 and processes(spec) == 1:
         raise ValueError("`fastmine bench` runs your config in one process (the sharded-b64 configuration and "

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import statistics
 
+import numpy as np
 import torch
 
 from fastmine_benchmarks.common import Clock, timed
@@ -74,9 +75,38 @@ def time_pair(spec, variant, device, warmup, steps, reps, threads):
     return {side: summary(b, peaks[side] if clock.cuda else None) for side, b in blocks.items()}
 
 
-def speedup(ref_blocks, fm_blocks, paired=True):
-    """Median over reps of reference block / fastmine block when the blocks alternated in one
-    process (each ratio compares two neighbouring blocks), else ratio of the medians."""
-    if paired and ref_blocks and len(ref_blocks) == len(fm_blocks):
-        return statistics.median(r / f for r, f in zip(ref_blocks, fm_blocks))
-    return statistics.median(ref_blocks) / statistics.median(fm_blocks)
+MIN_BLOCKS = 9  # fewer blocks give no confidence interval worth printing (issue #24: a 5-block median pointed
+# the wrong way)
+
+
+def speedup(ref_blocks, fm_blocks, paired=True, resamples=2000, level=0.95, seed=0) -> dict:
+    """The speed-up as the ratio of the medians (reference / fastmine) with a percentile bootstrap
+    confidence interval: alternating blocks are resampled in pairs (each pair met the same spell of a
+    shared machine), separate runs' blocks each on their own. ``verdict``: "faster", "slower",
+    "inconclusive" (the interval holds 1) or "too few blocks" (under MIN_BLOCKS: no interval).
+
+    The median of per-pair ratios, reported before, is not the ratio of the medians and can disagree
+    with it in sign (blocks 0.86, 0.63, 1.26, 0.96, 0.88: 0.88x against 1.15x)."""
+    ref, fm = np.asarray(ref_blocks, dtype=float), np.asarray(fm_blocks, dtype=float)
+    ratio = float(np.median(ref) / np.median(fm))
+    out = {"speedup": ratio, "ci_low": None, "ci_high": None, "blocks": int(min(len(ref), len(fm)))}
+    if out["blocks"] < MIN_BLOCKS:
+        return {**out, "verdict": "too few blocks"}
+    rng = np.random.default_rng(seed)
+    if paired and len(ref) == len(fm):
+        idx = rng.integers(0, len(ref), size=(resamples, len(ref)))
+        boots = np.median(ref[idx], axis=1) / np.median(fm[idx], axis=1)
+    else:
+        boots = (np.median(ref[rng.integers(0, len(ref), size=(resamples, len(ref)))], axis=1)
+                 / np.median(fm[rng.integers(0, len(fm), size=(resamples, len(fm)))], axis=1))
+    low, high = np.quantile(boots, [(1 - level) / 2, (1 + level) / 2])
+    verdict = "inconclusive" if low <= 1 <= high else ("faster" if low > 1 else "slower")
+    return {**out, "ci_low": float(low), "ci_high": float(high), "verdict": verdict}
+
+
+def describe_speedup(s: dict) -> str:
+    """``1.15x [0.97, 1.31] inconclusive`` (the 95 % interval), or the ratio and why there is none."""
+    if s["ci_low"] is None:
+        return f"{s['speedup']:.2f}x ({s['verdict']}: {s['blocks']} < {MIN_BLOCKS})"
+    return f"{s['speedup']:.2f}x [{s['ci_low']:.2f}, {s['ci_high']:.2f}]" + (
+        " inconclusive" if s["verdict"] == "inconclusive" else "")

@@ -18,7 +18,6 @@ steps the phase takes over the first BATCHES minibatches under the loop's rule. 
 
 import ast
 import json
-from pathlib import Path
 
 import torch
 from reference_io import official_arguments, official_commit
@@ -47,7 +46,8 @@ def main():
                               "stylegan2_ada_phases.json")
     import dnnlib  # from the checkout (official_arguments put it first on sys.path)
 
-    code, intervals = phase_setup((args.official / "training" / "training_loop.py").read_text(encoding="utf-8-sig"))  # it starts with a BOM
+    source = (args.official / "training" / "training_loop.py").read_text(encoding="utf-8-sig")  # it starts with a BOM
+    code, intervals = phase_setup(source)
     scope = {"dnnlib": dnnlib, "G": torch.nn.Linear(2, 2), "D": torch.nn.Linear(2, 1),
              "G_opt_kwargs": dnnlib.EasyDict(OPT_KWARGS), "D_opt_kwargs": dnnlib.EasyDict(OPT_KWARGS), **intervals}
     exec(code, scope)

@@ -12,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from torch._dynamo.utils import counters
@@ -180,6 +181,7 @@ def test_bench_command_writes_a_row_per_config_and_variant(tmp_path):
         assert r["reference_ms"] > 0 and r["fastmine_ms"] > 0
         # one rep: the paired speed-up is the one block ratio (blocks are stored to 0.01 ms)
         assert r["speedup"] == pytest.approx(r["reference_ms"] / r["fastmine_ms"], rel=1e-3)
+        assert r["speedup_verdict"] == "too few blocks" and r["speedup_ci"] == [None, None]
         assert r["reference_peak_bytes"] > 0 and r["fastmine_peak_bytes"] > 0
     assert rows[0]["numerics"]["float64"]["max_rel_diff"] < 1e-9
     assert res["device"]["type"] == "cpu" and res["config"]["sizes"]
@@ -268,3 +270,23 @@ def test_bench_sharded_measures_every_phase_and_compares_the_exports(tmp_path):
         assert r["export_vs_first_mode"]["trained_max_abs_diff"] < 1e-5
         assert r["last_metrics"]["loss_sampler"] == pytest.approx(rows[0]["last_metrics"]["loss_sampler"], rel=1e-4)
     assert not (tmp_path / "work").exists()  # several GB at full size: removed unless --keep
+
+
+def test_speedup_is_the_ratio_of_medians_not_the_median_of_pair_ratios():
+    ref, fm = [2.0, 1.0, 3.0, 1.0, 2.0], [1.0, 2.0, 2.0, 2.0, 1.5]  # pair ratios 2, .5, 1.5, .5, 1.33: median 1.33
+    s = step_timing.speedup(ref, fm)
+    assert s["speedup"] == pytest.approx(2.0 / 2.0) and s["verdict"] == "too few blocks" and s["ci_low"] is None
+    assert step_timing.describe_speedup(s) == "1.00x (too few blocks: 5 < 9)"
+
+
+def test_speedup_interval_says_faster_slower_or_inconclusive():
+    rng = np.random.default_rng(0)
+    base = 1 + 0.05 * rng.standard_normal(11)
+    fast = step_timing.speedup(2 * base, base[::-1])
+    assert fast["verdict"] == "faster" and 1 < fast["ci_low"] <= fast["speedup"] <= fast["ci_high"]
+    slow = step_timing.speedup(base, 2 * base[::-1], paired=False)
+    assert slow["verdict"] == "slower" and slow["ci_high"] < 1
+    noisy = step_timing.speedup(base, base[::-1])
+    assert noisy["verdict"] == "inconclusive" and noisy["ci_low"] <= 1 <= noisy["ci_high"]
+    assert step_timing.describe_speedup(noisy).endswith("] inconclusive")
+    assert step_timing.speedup(base, base[::-1]) == noisy  # a fixed bootstrap seed: the same interval

@@ -75,8 +75,8 @@ def _prepare(critic=None, **settings):
     torch.manual_seed(100)
     target = _images(64, 1, dtype=torch.float32)
     generator = fm.new_generator(target, MODEL)
-    return fm.prepare(generator, target, method="transfergan", critic=critic, device="cpu", batch_size=8, progress=False,
-                      model_cfg=MODEL, log_every=1, **settings)
+    return fm.prepare(generator, target, method="transfergan", critic=critic, device="cpu", batch_size=8,
+                      progress=False, model_cfg=MODEL, log_every=1, **settings)
 
 
 def _critic_batches(run):

@@ -20,8 +20,6 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import torch
-
 from ..api import run
 from ..config import MOVED, DataConfig, load_config
 from ..data import load_data
@@ -64,10 +62,12 @@ def cache_dir() -> Path:
     return Path(os.environ.get("FASTMINE_CACHE", Path.home() / ".cache" / "fastmine"))
 
 
-def pretrained_source(steps: int, seed: int = 0, overrides=()) -> Path:
-    """Path of a digits 0-8 source GAN, trained once per distinct setting and cached."""
+def pretrained_source(steps: int, seed: int = 0, overrides=(), threads=None) -> Path:
+    """Path of a digits 0-8 source GAN, trained once per distinct setting and cached (``threads``:
+    perf.threads of the training, not part of the setting)."""
     over = [f"train.steps={steps}", f"seed={seed}", *overrides]
     cfg = load_config(None, over, defaults=COMMAND_DEFAULTS["pretrain"])
+    cfg.perf.threads = threads
     final = _source_path(over)
     final.parent.mkdir(parents=True, exist_ok=True)
     # one trainer per cached source: a second demo started meanwhile waits here, then reuses it
@@ -96,8 +96,6 @@ def run_demo(out="runs/demo", quick=False, seed=0, seeds=1, methods=DEMO_METHODS
     settings applied to every method's run (e.g. ``miner.init=normal``). ``jobs``: runs
     trained in parallel processes (each with ``threads`` threads); results are identical.
     """
-    if threads:
-        torch.set_num_threads(int(threads))
     unknown = [m for m in methods if m not in ROWS]
     if unknown:
         raise ValueError(f"unknown demo method(s) {unknown}; choose from {', '.join(ROWS)}")
@@ -109,7 +107,7 @@ def run_demo(out="runs/demo", quick=False, seed=0, seeds=1, methods=DEMO_METHODS
 
     t0 = time.perf_counter()
     cached = _cached_source_exists(s.source_steps)
-    source = pretrained_source(steps=s.source_steps, seed=SOURCE_SEED)
+    source = pretrained_source(steps=s.source_steps, seed=SOURCE_SEED, threads=threads or None)
     source_s = time.perf_counter() - t0
     # the source itself, before any adaptation: where every method starts from
     source_scores = score_model(load_sampler(source), s.repeats, _scorers())
@@ -180,8 +178,6 @@ def _scorers():
 
 def _run_one(task: dict) -> dict:
     """Train one (method, seed) run with logged FID, score it, write its report.md."""
-    if task["threads"]:
-        torch.set_num_threads(int(task["threads"]))
     s = DemoSettings(**task["settings"])
     row, run_seed, out = task["method"], task["run_seed"], Path(task["out"])
     method, row_overrides = ROWS[row]
@@ -192,7 +188,7 @@ def _run_one(task: dict) -> dict:
             f"out_dir={run_dir.parent}", f"name={row}", f"train.steps={s.steps}",
             f"log.log_every={s.log_every}", f"log.sample_every={s.steps}",
             f"log.checkpoint_every={s.steps}", "log.keep_checkpoints=1", "device=cpu", *row_overrides,
-            *task["overrides"]]
+            *([f"perf.threads={task['threads']}"] if task["threads"] else []), *task["overrides"]]
     cfg = load_config(None, over, defaults=COMMAND_DEFAULTS[METHODS[method].commands[0]])
     t0 = time.perf_counter()
     callback = fid_callback(target_data(), every=s.eval_every, n=s.eval_n, target_class=TARGET_CLASS)

@@ -85,7 +85,7 @@ def _source_overrides(group):
 
 def _pretrain_one(task):
     torch.set_num_threads(1)
-    return task["name"], str(pretrained_source(task["steps"], SOURCE_SEED, overrides=task["overrides"]))
+    return task["name"], str(pretrained_source(task["steps"], SOURCE_SEED, overrides=task["overrides"], threads=1))
 
 
 # --------------------------------------------------------------------------- scoring
@@ -111,7 +111,7 @@ class MixScorer(Scorer):
 def _train_kwargs(s: MultiSettings, steps=None):
     steps = steps or s.steps
     return dict(steps=steps, batch_size=s.batch_size, log_every=max(1, min(25, steps)), sample_every=10 ** 6,
-                checkpoint_every=10 ** 6, keep_checkpoints=1, progress=False)
+                checkpoint_every=10 ** 6, keep_checkpoints=1, progress=False, threads=1)
 
 
 def _run_task(task: dict) -> dict:
