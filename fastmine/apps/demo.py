@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from .. import hub
 from ..api import run
 from ..config import MOVED, DataConfig, load_config
 from ..data import load_data
@@ -78,7 +79,7 @@ QUICK = DemoSettings(source_steps=40, steps=16, eval_every=8, eval_n=200, log_ev
 
 
 def cache_dir() -> Path:
-    return Path(os.environ.get("FASTMINE_CACHE", Path.home() / ".cache" / "fastmine"))
+    return hub.cache_dir()  # the demo's sources live beside the downloaded files, in sources/
 
 
 def pretrained_source(steps: int, seed: int = 0, overrides=()) -> Path:
