@@ -360,3 +360,17 @@ def test_a_biggan_name_fetches_the_weights_and_their_config(server, online, monk
         torch.testing.assert_close(adapter(u), module(**u), rtol=0, atol=1e-6)
     with pytest.raises(ValueError, match="is a BigGAN of pytorch-pretrained-biggan: load it with"):
         fm.load_generator("biggan-deep/128")
+
+
+def test_a_run_mines_a_url_source_and_starts_from_its_critic(server, online, tmp_path, capsys):
+    server.files["/tiny.pkl"] = FIXTURE.read_bytes()
+    url = server.url("/tiny.pkl")
+    torch.save(torch.rand(16, 1, 8, 8) * 2 - 1, tmp_path / "target.pt")
+    code = cli.main(["mine", f"source.generator={url}", "data.dataset=tensor", f"data.path={tmp_path / 'target.pt'}",
+                     "train.steps=2", "train.batch_size=8", "miner.init=normal", "log.progress=false",
+                     f"out_dir={tmp_path}", "name=u"])
+    assert code == 0, capsys.readouterr().err
+    assert f"the critic stored in {hub.cache_path(url)}" in capsys.readouterr().out  # the pickle's D, as the paper
+    assert yaml.safe_load((tmp_path / "u" / "config.yaml").read_text())["source"]["generator"] == url
+    assert len(server.gets()) == 1
+    assert fm.load_sampler(tmp_path / "u" / "model.safetensors").sample(2, seed=0).shape == (2, 1, 8, 8)
