@@ -286,7 +286,8 @@ def _checked(target: Path, sha256, size, label) -> Path:
 def cached(cache=None) -> list:
     """[(path, bytes, catalogue name or None)] of the files in the cache (those with a recorded sha256)."""
     root = cache_dir(cache)
-    names = {cache_path(e["url"], cache): name for name, e in catalogue().items()}
+    names = {cache_path(e[key], cache): name for name, e in catalogue().items() for key in ("url", "config")
+             if key in e}
     files = sorted(p.with_name(p.name[:-len(SIDECAR)]) for p in root.rglob(f"*{SIDECAR}")) if root.is_dir() else []
     return [(p, p.stat().st_size, names.get(p)) for p in files if p.is_file()]
 
