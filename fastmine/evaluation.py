@@ -242,8 +242,9 @@ def evaluate_run(run_dir, extractor="auto", inception_weights=None, target_class
         if not p.is_file():
             raise FileNotFoundError(f"{str(run_dir)!r} is not a finished run folder: {p.name} is missing")
     cfg = load_config(cfg_path)
-    if extractor == "auto":  # the shipped network for the built-in digits, Inception for anything else
-        extractor = "digits" if cfg.data.dataset == "digits" else "inception"
+    if extractor == "auto":  # the shipped network for the built-in digits, Inception for images from files;
+        # a target given in code is scored by its channels (Scorer)
+        extractor = {"digits": "digits", "folder": "inception", "tensor": "inception"}.get(cfg.data.dataset, "auto")
     if extractor == "digits" and cfg.data.dataset in ("folder", "tensor"):
         raise ValueError(f"the digits feature network scores 16 px handwritten digits, not this run's "
                          f"{cfg.data.dataset} data ({cfg.data.path}): use --extractor inception (the default) for "

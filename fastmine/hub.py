@@ -130,25 +130,30 @@ def fetch(name_or_url: str, sha256: str | None = None, size: int | None = None, 
     if not is_url(url):
         raise ValueError(f"{name_or_url!r} is neither a URL nor a model of fastmine's catalogue (`fastmine models` "
                          "lists them)")
-    label = found["name"] if found else url
-    sha256, size = sha256 or (found or {}).get("sha256"), size or (found or {}).get("size")
-    target = cache_path(url, cache)
+    options = dict(cache=cache, progress=progress, timeout=timeout, attempts=attempts, wait=wait)
     if found and found.get("config"):  # BigGAN: the package's config.json beside its weights
-        fetch(found["config"], cache=cache, progress=progress, timeout=timeout, attempts=attempts, wait=wait)
+        _fetch(found["config"], found["name"], None, None, True, name_or_url, **options)
+    sha256, size = sha256 or (found or {}).get("sha256"), size or (found or {}).get("size")
+    return _fetch(url, found["name"] if found else url, sha256, size, bool(found), name_or_url, **options)
+
+
+def _fetch(url, label, sha256, size, known, asked, cache, progress, timeout, attempts, wait) -> Path:
+    """:func:`fetch` of one URL; ``known``: a catalogue file (then FASTMINE_MIRROR applies)."""
+    target = cache_path(url, cache)
     if target.is_file():
         return _checked(target, sha256, size, label)
     switch = offline_switch()
     if switch:
         raise FileNotFoundError(
             f"{label} is not in fastmine's cache and {switch}=1 forbids downloading it: put {target.name} at "
-            f"{target} (on a machine with internet, `fastmine download {name_or_url} --to DIR` writes it; copy DIR to "
+            f"{target} (on a machine with internet, `fastmine download {asked} --to DIR` writes it; copy DIR to "
             f"{cache_dir(cache)} or set FASTMINE_CACHE=DIR)")
     if os.environ.get("LOCAL_RANK", "0") != "0":  # torchrun / Accelerate: local rank 0 downloads
         return _wait_for(target, sha256, size, label, wait)
     target.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(target) + LOCK):
         if not target.is_file():  # else another process fetched it while this one waited
-            _download(mirrored(url) if found else url, target, sha256, size, label, progress, timeout, attempts)
+            _download(mirrored(url) if known else url, target, sha256, size, label, progress, timeout, attempts)
     return _checked(target, sha256, size, label)
 
 
@@ -281,7 +286,8 @@ def _checked(target: Path, sha256, size, label) -> Path:
 def cached(cache=None) -> list:
     """[(path, bytes, catalogue name or None)] of the files in the cache (those with a recorded sha256)."""
     root = cache_dir(cache)
-    names = {cache_path(e["url"], cache): name for name, e in catalogue().items()}
+    names = {cache_path(e[key], cache): name for name, e in catalogue().items() for key in ("url", "config")
+             if key in e}
     files = sorted(p.with_name(p.name[:-len(SIDECAR)]) for p in root.rglob(f"*{SIDECAR}")) if root.is_dir() else []
     return [(p, p.stat().st_size, names.get(p)) for p in files if p.is_file()]
 

@@ -1,6 +1,10 @@
+import atexit
 import contextlib
 import os
+import shutil
 import tempfile
+
+import pytest
 
 # Triton's interpreter must be chosen before triton is first imported: with no CUDA device
 # the kernel tests run the very same @triton.jit kernels on the CPU.
@@ -17,9 +21,8 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 # local server (tests/test_hub.py) into a cache of this session
 os.environ["FASTMINE_OFFLINE"] = "1"
 os.environ["FASTMINE_CACHE"] = tempfile.mkdtemp(prefix="fastmine-test-cache-")
+atexit.register(shutil.rmtree, os.environ["FASTMINE_CACHE"], ignore_errors=True)
 os.environ.pop("FASTMINE_MIRROR", None)
-
-import pytest
 
 
 @contextlib.contextmanager

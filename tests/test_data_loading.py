@@ -107,7 +107,9 @@ def test_eval_refuses_digits_features_on_other_data(tmp_path):
     (run / "model.safetensors").write_bytes(b"")
     dump_config(RunConfig(data=DataConfig(dataset="folder", path="faces")), run / "config.yaml")
     with pytest.raises(ValueError, match="digits feature network scores .* --extractor inception"):
-        fm.evaluate_run(run)
+        fm.evaluate_run(run, extractor="digits")
+    with pytest.raises(FileNotFoundError, match="image folder 'faces' does not exist"):
+        fm.evaluate_run(run)  # the default on such data is Inception: past that check, on to reading the data
 
 
 def test_the_commands_digits_preset_does_not_cut_other_datasets(tmp_path):

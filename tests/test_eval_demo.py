@@ -114,7 +114,8 @@ def test_eval_with_inception_and_no_weights_says_where_to_put_them(quick_demo, c
                  "--inception-weights", "/nonexistent/inception.pth"])
     assert code == 2
     err = capsys.readouterr().err
-    assert "cannot download" in err and "weights-inception-2015-12-05" in err
+    assert "no file at '/nonexistent/inception.pth'" in err and "weights-inception-2015-12-05" in err
+    assert len(err.strip().splitlines()) == 1
 
 
 def test_orderings_judge_means_and_spread():

@@ -3,6 +3,7 @@ from a local HTTP server on 127.0.0.1 (an ephemeral port) that counts requests a
 transfer, answer 404, redirect or stall; no other host is ever contacted."""
 import hashlib
 import http.server
+import json
 import os
 import socket
 import subprocess
@@ -81,6 +82,18 @@ def server():
     yield srv
     srv.shutdown()
     srv.server_close()
+
+
+@pytest.fixture(autouse=True)
+def only_localhost(monkeypatch):
+    """A connection to any host but 127.0.0.1 fails the test (a URL that escaped the mirror)."""
+    connect = socket.create_connection
+
+    def local_only(address, *args, **kwargs):
+        assert address[0] == "127.0.0.1", f"a test tried to reach {address[0]}"
+        return connect(address, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "create_connection", local_only)
 
 
 @pytest.fixture
@@ -324,3 +337,40 @@ def test_inception_weights_are_fetched_by_name_and_offline_says_where_to_put_the
 
     with pytest.raises(FileNotFoundError, match="weights-inception-2015-12-05-6726825d.pth at .*FASTMINE_CACHE"):
         InceptionFeatures()
+
+
+def test_a_biggan_name_fetches_the_weights_and_their_config(server, online, monkeypatch):
+    pytest.importorskip("pytorch_pretrained_biggan")
+    from test_conditional import TINY_BIGGAN
+
+    from fastmine.conditional import BigGANAdapterModule, load_biggan
+
+    torch.manual_seed(0)
+    module = BigGANAdapterModule(TINY_BIGGAN, truncation=0.4)
+    weights = online.parent / "w.bin"
+    torch.save(module.model.state_dict(), weights)
+    _mirror(server, monkeypatch, "biggan-deep/128", weights.read_bytes())
+    config = hub.catalogue()["biggan-deep/128"]["config"]
+    server.files["/" + config.split("://", 1)[1]] = json.dumps(TINY_BIGGAN).encode()  # the tiny one, not 128 px
+    adapter = load_biggan("biggan-deep/128")
+    assert len(server.gets()) == 2 and adapter.module.config_dict["z_dim"] == TINY_BIGGAN["z_dim"]
+    u = {"z": torch.randn(2, TINY_BIGGAN["z_dim"]), "class_embedding": module.embed(torch.tensor([1, 2]))}
+    module.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(adapter(u), module(**u), rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match="is a BigGAN of pytorch-pretrained-biggan: load it with"):
+        fm.load_generator("biggan-deep/128")
+
+
+def test_a_run_mines_a_url_source_and_starts_from_its_critic(server, online, tmp_path, capsys):
+    server.files["/tiny.pkl"] = FIXTURE.read_bytes()
+    url = server.url("/tiny.pkl")
+    torch.save(torch.rand(16, 1, 8, 8) * 2 - 1, tmp_path / "target.pt")
+    code = cli.main(["mine", f"source.generator={url}", "data.dataset=tensor", f"data.path={tmp_path / 'target.pt'}",
+                     "train.steps=2", "train.batch_size=8", "miner.init=normal", "log.progress=false",
+                     f"out_dir={tmp_path}", "name=u"])
+    assert code == 0, capsys.readouterr().err
+    assert f"the critic stored in {hub.cache_path(url)}" in capsys.readouterr().out  # the pickle's D, as the paper
+    assert yaml.safe_load((tmp_path / "u" / "config.yaml").read_text())["source"]["generator"] == url
+    assert len(server.gets()) == 1
+    assert fm.load_sampler(tmp_path / "u" / "model.safetensors").sample(2, seed=0).shape == (2, 1, 8, 8)

@@ -20,6 +20,7 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from .. import hub
 from ..api import run
 from ..config import MOVED, DataConfig, load_config
 from ..data import load_data
@@ -59,7 +60,7 @@ QUICK = DemoSettings(source_steps=40, steps=16, eval_every=8, eval_n=200, log_ev
 
 
 def cache_dir() -> Path:
-    return Path(os.environ.get("FASTMINE_CACHE", Path.home() / ".cache" / "fastmine"))
+    return hub.cache_dir()  # the demo's sources live beside the downloaded files, in sources/
 
 
 def pretrained_source(steps: int, seed: int = 0, overrides=(), threads=None) -> Path:
