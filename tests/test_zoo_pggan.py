@@ -90,6 +90,18 @@ def test_files_saved_mid_growth_or_conditional_are_refused(tmp_path):
         fm.load_generator(FIXTURES / "pggan_genforce_tiny.pth", key="G_avg")
 
 
+def test_a_ganzoo_checkpoint_of_another_architecture_is_refused_with_its_keys(tmp_path):
+    # pytorch_GAN_zoo's DCGAN (the fashionGen hub model's layout): not built by fastmine
+    netG = {"formatLayer.weight": torch.zeros(2, 2, 4, 4), "main.batchNorm0.weight": torch.ones(2)}
+    torch.save({"config": {"dimG": 2}, "netG": netG, "netD": {}, "avgG": netG}, tmp_path / "dcgan.pth")
+    with pytest.raises(ValueError) as e:
+        fm.load_generator(tmp_path / "dcgan.pth")
+    assert str(e.value) == (
+        f"{str(tmp_path / 'dcgan.pth')!r} is a pytorch_GAN_zoo checkpoint of an architecture fastmine does not build "
+        "(netG keys: formatLayer.weight, main.batchNorm0.weight); fastmine builds its PGAN (formatLayer.module.weight, "
+        "groupScale0, scaleLayers, toRGBLayers)")
+
+
 def test_stylegan_settings_are_refused_for_a_z_only_generator():
     with pytest.raises(ValueError, match="a pggan_genforce generator is mined in z only: leave latent unset"):
         fm.load_generator(FIXTURES / "pggan_genforce_tiny.pth", latent="w")

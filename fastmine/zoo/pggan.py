@@ -266,6 +266,12 @@ def _is_ganzoo(obj) -> bool:
     return isinstance(obj, Mapping) and "config" in obj and _has(obj.get("netG"), GANZOO_KEYS)
 
 
+def _is_ganzoo_other(obj) -> bool:
+    """A pytorch_GAN_zoo checkpoint (BaseGAN.save's keys) of another architecture (DCGAN, StyleGAN)."""
+    return (isinstance(obj, Mapping) and all(k in obj for k in ("config", "netG", "netD", "avgG"))
+            and not _is_ganzoo(obj))
+
+
 def _is_genforce(obj) -> bool:
     return isinstance(obj, Mapping) and any(_has(obj.get(k), GENFORCE_KEYS) and "layer0.weight" in obj[k]
                                             and obj[k]["layer0.weight"].ndim == 4
@@ -273,7 +279,7 @@ def _is_genforce(obj) -> bool:
 
 
 def sniff(obj, path) -> bool:
-    return _is_ganzoo(obj) or _is_genforce(obj)
+    return _is_ganzoo(obj) or _is_genforce(obj) or _is_ganzoo_other(obj)
 
 
 def _config(obj) -> dict:
@@ -348,6 +354,11 @@ def fmaps_for(widths: dict, path, builder: str = "genforce's PGGAN") -> dict:
 
 
 def read(obj, path, role, key) -> tuple[str, dict, dict, str]:
+    if _is_ganzoo_other(obj):
+        keys = list(obj["netG"]) if isinstance(obj["netG"], Mapping) else []
+        raise ValueError(f"{str(path)!r} is a pytorch_GAN_zoo checkpoint of an architecture fastmine does not build "
+                         f"(netG keys: {', '.join(map(str, keys[:6]))}{', ...' if len(keys) > 6 else ''}); fastmine "
+                         "builds its PGAN (formatLayer.module.weight, groupScale0, scaleLayers, toRGBLayers)")
     return (_read_ganzoo if _is_ganzoo(obj) else _read_genforce)(obj, path, role, key)
 
 
