@@ -18,7 +18,10 @@ biases, zero at init, would hide a mistake).
 Writes stylegan1_rosinality.safetensors: the g_running state dict under rosinality's names (float16),
 z (two latents), the per-block noise maps (float16 values), mean_style (the truncation latent, the
 mean style of 256 latents, float16 values) and rosinality's images at step 5 (128 px) with that noise:
-z[0] untruncated (img_psi1), z[1] with mean_style and style_weight 0.7 (img_psi07), float32.
+z[0] untruncated (img_psi1), z[1] with mean_style and style_weight 0.7 (img_psi07), float32; and a
+Discriminator (from_rgb_activate, as train.py builds it) whose nine blocks are rebuilt with rosinality's
+ConvBlock at D_WIDTHS, the three above 128 px left as initialised, under "D." + its names, with its
+scores at step 5 (d_scores) for 4 images made from the two above (half-scaled and flipped).
 """
 
 from __future__ import annotations
@@ -31,6 +34,8 @@ from reference_io import official_arguments, official_commit, write_fixture
 SCRIPT = "scripts/reference_stylegan1_rosinality.py"
 CODE_DIM, N_MLP, STEP, PSI = 16, 4, 5, 0.7
 WIDTHS = [16, 16, 16, 8, 8, 4, 2]  # blocks at 4 ... 256 px; the last one untrained
+# Discriminator blocks (in, out) by rosinality's index: 0-2 take 1024-256 px (untrained here), 3 takes 128 px
+D_WIDTHS = [(2, 2), (2, 2), (2, 4), (4, 8), (8, 8), (8, 16), (16, 16), (16, 16), (16, 16)]
 
 
 @torch.no_grad()
@@ -65,14 +70,33 @@ def main() -> None:
                  for b in range(STEP + 1)]
         img_psi1 = G(z[:1], noise=noise, step=STEP)
         img_psi07 = G(z[1:], noise=noise, step=STEP, mean_style=mean_style, style_weight=PSI)
+    D = M.Discriminator(from_rgb_activate=True)
+    D.progression = torch.nn.ModuleList(
+        [M.ConvBlock(a, b, 3, 1, downsample=True, fused=i < 4) for i, (a, b) in enumerate(D_WIDTHS[:-1])]
+        + [M.ConvBlock(D_WIDTHS[-1][0] + 1, D_WIDTHS[-1][1], 3, 1, 4, 0)])
+    D.from_rgb = torch.nn.ModuleList([torch.nn.Sequential(M.EqualConv2d(3, a, 1), torch.nn.LeakyReLU(0.2))
+                                      for a, _ in D_WIDTHS])
+    D.linear = M.EqualLinear(D_WIDTHS[-1][1], 1)
+    D.eval()
+    with torch.no_grad():
+        for name, p in D.named_parameters():
+            index = int(name.split(".")[1]) if name.split(".")[0] in ("progression", "from_rgb") else 99
+            if index >= len(D_WIDTHS) - STEP - 1:  # the blocks that run at 128 px; the others keep their init
+                p.copy_((torch.randn(p.shape, generator=g) * (0.3 if name.endswith("bias") else 1.0))
+                        .to(torch.float16).to(torch.float32))
+        x = torch.cat([img_psi1, img_psi07]) * 0.5
+        d_scores = D(torch.cat([x, x.flip(3)]), step=STEP)
     tensors = {name: t.to(torch.float16) for name, t in G.state_dict().items()}
+    tensors.update({f"D.{name}": t.to(torch.float16) for name, t in D.state_dict().items()})
+    tensors["d_scores"] = d_scores
     tensors.update({f"noise{b}": n.to(torch.float16) for b, n in enumerate(noise)})
     tensors.update(z=z, mean_style=mean_style.to(torch.float16), img_psi1=img_psi1, img_psi07=img_psi07)
     metadata = dict(commit=official_commit(args.official), script=SCRIPT, class_name="model.StyledGenerator",
                     init_kwargs=json.dumps(dict(code_dim=CODE_DIM, n_mlp=N_MLP)), widths=json.dumps(WIDTHS),
                     step=str(STEP), psi=str(PSI))
     write_fixture(args.out / "stylegan1_rosinality.safetensors", tensors, metadata,
-                  f"img std {img_psi1.std():.3g} (psi 0.7: {img_psi07.std():.3g})")
+                  f"img std {img_psi1.std():.3g} (psi 0.7: {img_psi07.std():.3g}), "
+                  f"D scores {d_scores.flatten().tolist()}")
 
 
 if __name__ == "__main__":

@@ -148,8 +148,9 @@ def rosinality_fixture():
     with safe_open(str(FIXTURES / "stylegan1_rosinality.safetensors"), "pt") as f:
         meta = f.metadata()
         tensors = {k: f.get_tensor(k) for k in f.keys()}
-    state = {k: v.float() for k, v in tensors.items() if "." in k}
+    state = {k: v.float() for k, v in tensors.items() if "." in k and not k.startswith("D.")}
     refs = {k: v.float() for k, v in tensors.items() if "." not in k}
+    refs["D"] = {k[2:]: v.float() for k, v in tensors.items() if k.startswith("D.")}
     return state, refs, {k: json.loads(v) if v[:1] in "{[" else v for k, v in meta.items()}
 
 
@@ -158,7 +159,7 @@ def rosinality_checkpoint(tmp_path_factory):
     """rosinality's train.py checkpoint: generator, discriminator, optimisers, g_running."""
     state, refs, meta = rosinality_fixture()
     path = tmp_path_factory.mktemp("sbgan") / "train_step-5.model"
-    torch.save({"generator": state, "discriminator": {"linear.linear.bias": torch.zeros(1)},
+    torch.save({"generator": state, "discriminator": refs["D"],
                 "g_optimizer": {"state": {}, "param_groups": []}, "g_running": state}, path)
     return path, refs, meta
 
@@ -190,9 +191,20 @@ def test_rosinality_resolution_and_widths_come_from_the_trained_blocks(rosinalit
     # a bare g_running state dict (train.py's per-phase NNNNNN.model) loads too
     torch.save(state, path.with_name("010000.model"))
     assert fm.files.read_weights(path.with_name("010000.model")).where == "(state dict)"
-    with pytest.raises(ValueError, match="fastmine builds its generator, not its discriminator"):
-        load_critic(path)
     with torch.no_grad():
         a = fm.load_generator(path)({"z": refs["z"]})
         b = fm.load_generator(path)({"z": refs["z"]})
     assert torch.equal(a, b)  # noise_mode="const": fixed noise maps, deterministic images
+
+
+def test_rosinality_discriminator_gives_its_scores_as_the_first_critic(rosinality_checkpoint):
+    path, refs, _ = rosinality_checkpoint
+    assert has_critic(path)
+    critic = load_critic(path)
+    assert critic.family == "stylegan1_rosinality" and critic.kwargs["size"] == 128
+    # blocks 0-2 (1024-256 px inputs) are as initialised: the trained resolution is 128 px
+    assert sorted(critic.net.progression) == ["3", "4", "5", "6", "7", "8"] and critic.net.fused[3]
+    x = torch.cat([refs["img_psi1"], refs["img_psi07"]]) * 0.5
+    with torch.no_grad():
+        scores = critic(torch.cat([x, x.flip(3)]))
+    assert (scores - refs["d_scores"][:, 0]).abs().max() <= TOL

@@ -27,7 +27,8 @@ ReLU, AdaIN with nn.InstanceNorm2d's eps 1e-5, twice per block, one style per bl
 resolution is read as the last block whose noise strengths or toRGB bias have left their zero
 init; neither the noise maps (drawn per call) nor the average w (``mean_style`` at sampling time)
 are stored: noise_mode="const" uses maps drawn once from NOISE_SEED, and w_avg is the mean w of
-W_AVG_SAMPLES fixed latents. Its discriminator is not built (a fresh critic is used).
+W_AVG_SAMPLES fixed latents. Its discriminator (:class:`RosinalityDiscriminator`, the
+checkpoint's ``discriminator``) is the first critic, at the resolution its trained blocks give.
 """
 from __future__ import annotations
 
@@ -527,9 +528,7 @@ def _estimate_w_avg(state, kwargs) -> torch.Tensor:
 
 def read_rosinality(obj, path, role, key):
     if role == "critic":
-        raise ValueError(f"{str(path)!r} is a rosinality style-based-gan checkpoint: fastmine builds its generator, "
-                         "not its discriminator; pass another critic (source.critic=...) or none to start from a "
-                         "fresh one")
+        return _read_rosinality_discriminator(obj, path, key)
     if _rosinality_state(obj):
         name, state = "(state dict)", obj
     else:
@@ -562,3 +561,98 @@ def read_rosinality(obj, path, role, key):
 
 
 GENERATORS["stylegan1_rosinality"] = RosinalityGenerator
+
+
+class RosinalityDiscriminator(nn.Module):
+    """rosinality/style-based-gan-pytorch's Discriminator (its names) at ``size`` px; returns [N, 1].
+
+    ``channels``: {progression index: (in, out)} of the blocks that run at this size (rosinality
+    indexes them from 1024 px down, the last one, index ``n_layer - 1``, at 4 px with the
+    minibatch std: one feature, the batch's standard deviation averaged, all images one group).
+    Downsampling convolutions are a blur then a stride-2 convolution of the 4-tap-averaged kernel
+    from 128 px input (``fused``), a blur, convolution and 2x2 average pool below."""
+
+    def __init__(self, size, channels, n_layer=9, fused=True, from_rgb_activate=True):
+        super().__init__()
+        self.n_layer, self.from_rgb_activate = n_layer, from_rgb_activate
+        self.first = n_layer - (int(math.log2(size)) - 1)
+        channels = {int(k): v for k, v in channels.items()}
+        self.progression, self.from_rgb = nn.ModuleDict(), nn.ModuleDict()
+        self.fused = {}
+        for i in range(self.first, n_layer):
+            c_in, c_out = channels[i]
+            block = nn.Module()
+            last = i == n_layer - 1
+            block.conv1 = nn.Sequential(_equal_conv(c_in + int(last), c_out, 3))  # + the minibatch-std feature
+            res = size // 2 ** (i - self.first)
+            if last:
+                block.conv2 = nn.Sequential(_equal_conv(c_out, c_out, 4))
+            elif fused and res >= FUSED_SCALE_MIN_RES:
+                down = nn.Module()
+                down.weight = nn.Parameter(torch.randn(c_out, c_out, 3, 3))
+                down.bias = nn.Parameter(torch.zeros(c_out))
+                down.scale = math.sqrt(2.0 / (c_out * 9))
+                block.conv2 = nn.Sequential(_blur(c_out), down)
+                self.fused[i] = True
+            else:
+                block.conv2 = nn.Sequential(_blur(c_out), _equal_conv(c_out, c_out, 3))
+                self.fused[i] = False
+            self.progression[str(i)] = block
+        c_first = channels[self.first][0]
+        rgb = _equal_conv(3, c_first, 1)
+        self.from_rgb[str(self.first)] = nn.Sequential(rgb) if from_rgb_activate else rgb
+        self.linear = _equal_linear(channels[n_layer - 1][1], 1)
+
+    def forward(self, x):
+        rgb = self.from_rgb[str(self.first)]
+        x = _conv(rgb[0] if self.from_rgb_activate else rgb, x, 0)
+        if self.from_rgb_activate:
+            x = F.leaky_relu(x, LEAK)
+        for i in range(self.first, self.n_layer):
+            block = self.progression[str(i)]
+            if i == self.n_layer - 1:
+                std = (x.var(0, unbiased=False) + 1e-8).sqrt().mean()
+                x = torch.cat([x, std.expand(x.shape[0], 1, 4, 4)], 1)
+                x = F.leaky_relu(_conv(block.conv1[0], x, 1), LEAK)
+                x = F.leaky_relu(_conv(block.conv2[0], x, 0), LEAK)
+                continue
+            x = F.leaky_relu(_conv(block.conv1[0], x, 1), LEAK)
+            blur, down = block.conv2
+            x = F.conv2d(x, blur.weight, padding=1, groups=x.shape[1])
+            if self.fused[i]:
+                weight = F.pad(down.weight * down.scale, [1, 1, 1, 1])
+                weight = (weight[:, :, 1:, 1:] + weight[:, :, :-1, 1:] + weight[:, :, 1:, :-1]
+                          + weight[:, :, :-1, :-1]) / 4
+                x = F.conv2d(x, weight, down.bias, stride=2, padding=1)
+            else:
+                x = F.avg_pool2d(_conv(down, x, 1), 2)
+            x = F.leaky_relu(x, LEAK)
+        return _linear(self.linear, x.flatten(1))
+
+
+def _read_rosinality_discriminator(obj, path, key):
+    name = key or ROSINALITY_ROLES["critic"]
+    state = obj.get(name) if isinstance(obj, dict) else None
+    if not (isinstance(state, dict) and "linear.linear.weight_orig" in state):
+        raise ValueError(f"{str(path)!r} is a rosinality style-based-gan checkpoint without a discriminator under "
+                         f"{name!r}; pass another critic (source.critic=...) or none to start from a fresh one")
+    state = {k: v.detach().float() for k, v in state.items()}
+    n_layer = sum(1 for k in state if re.fullmatch(r"progression\.\d+\.conv1\.0\.conv\.bias", k))
+    # as the generator's: the blocks below the trained resolution keep their zero-initialised biases
+    trained = [i for i in range(n_layer) if state[f"progression.{i}.conv1.0.conv.bias"].any()]
+    if not trained:
+        raise ValueError(f"{str(path)!r}: the rosinality discriminator has no trained block")
+    first = min(trained)
+    size = 4 * 2 ** (n_layer - 1 - first)
+    activate = f"from_rgb.{first}.0.conv.weight_orig" in state
+    channels = {}
+    for i in range(first, n_layer):
+        c_out, c_in = state[f"progression.{i}.conv1.0.conv.weight_orig"].shape[:2]
+        channels[str(i)] = (int(c_in) - int(i == n_layer - 1), int(c_out))  # the last block's mbstd feature
+    keep = [f"progression.{i}." for i in range(first, n_layer)] + [f"from_rgb.{first}.", "linear."]
+    state = {k: v for k, v in state.items() if any(k.startswith(p) for p in keep)}
+    kwargs = dict(size=size, channels=channels, n_layer=n_layer, fused=True, from_rgb_activate=activate)
+    return "stylegan1_rosinality", kwargs, state, name
+
+
+DISCRIMINATORS["stylegan1_rosinality"] = RosinalityDiscriminator
