@@ -15,6 +15,8 @@ values (the zero-initialised biases would hide a mistake), saved as each store s
   WGANGP, minibatch std on;
 - pggan_genforce_tiny.pth: ``{"generator", "discriminator", "generator_smooth"}`` as genforce's
   converter of NVIDIA's release writes it (fmaps_base 128, fmaps_max 16);
+- dcgan_ganzoo_tiny.pth / dcgan_ganzoo.safetensors: pytorch_GAN_zoo's DCGAN (32 px, dimG 8, depth 2,
+  DCGAN loss: tanh output) saved the same way, and the images ``test(z, getAvG=True)`` makes;
 - pggan_{ganzoo,genforce}.safetensors: z, the images the official code makes from ``avgG`` /
   ``generator_smooth``, critic inputs and the official critic's scores for 8 images (two
   minibatch-std groups for pytorch_GAN_zoo's groups of 4; genforce's group of 16 takes all 8).
@@ -75,6 +77,24 @@ def ganzoo(official: Path, out: Path) -> None:
                   f"scores {scores.flatten().tolist()}")
 
 
+def ganzoo_dcgan(official: Path, out: Path) -> None:
+    from models.DCGAN import DCGAN
+
+    torch.manual_seed(0)
+    model = DCGAN(useGPU=False, dimLatentVector=Z_DIM, dimG=8, dimD=8, depth=2, lossMode="DCGAN")
+    g = torch.Generator().manual_seed(3)
+    for net in (model.netG, model.avgG, model.netD):
+        randomise(net, g)
+    path = out / "dcgan_ganzoo_tiny.pth"
+    model.save(str(path))
+    z = torch.randn(G_BATCH, Z_DIM, generator=g)
+    with torch.no_grad():
+        img = model.test(z, getAvG=True)  # the repo's sampling: its batch norms in training mode
+    write_fixture(out / "dcgan_ganzoo.safetensors", dict(z=z, img=img),
+                  dict(commit=official_commit(official), script=SCRIPT, class_name="models.DCGAN.DCGAN"),
+                  f"{path.name} {path.stat().st_size / 1024:.0f} KiB, img std {img.std():.3g}")
+
+
 def genforce(checkout: Path, out: Path) -> None:
     sys.path.insert(0, str(checkout.resolve()))
     from models.pggan_discriminator import PGGANDiscriminator
@@ -108,6 +128,7 @@ def main() -> None:
     args = official_arguments(__doc__.splitlines()[0], "facebookresearch/pytorch_GAN_zoo",
                               ("models/progressive_gan.py",), "pggan_*")
     ganzoo(args.official, args.out)
+    ganzoo_dcgan(args.official, args.out)
     # both checkouts have a top-level `models` package: the first one's modules go before importing the second's
     sys.path.pop(0)
     for name in [m for m in sys.modules if m == "models" or m.startswith("models.")]:

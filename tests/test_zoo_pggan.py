@@ -90,6 +90,31 @@ def test_files_saved_mid_growth_or_conditional_are_refused(tmp_path):
         fm.load_generator(FIXTURES / "pggan_genforce_tiny.pth", key="G_avg")
 
 
+def test_a_ganzoo_checkpoint_of_another_architecture_is_refused_with_its_keys(tmp_path):
+    # pytorch_GAN_zoo's StyleGAN (the FFHQ hub model): not built by fastmine
+    netG = {"scaleLayers.0.module.weight": torch.zeros(2, 2, 3, 3), "mapping.FC.0.module.weight": torch.ones(2, 2)}
+    torch.save({"config": {"depthScale0": 2}, "netG": netG, "netD": {}, "avgG": netG}, tmp_path / "sg.pth")
+    with pytest.raises(ValueError) as e:
+        fm.load_generator(tmp_path / "sg.pth")
+    assert str(e.value) == (
+        f"{str(tmp_path / 'sg.pth')!r} is a pytorch_GAN_zoo checkpoint of an architecture fastmine does not build "
+        "(netG keys: scaleLayers.0.module.weight, mapping.FC.0.module.weight); fastmine builds its PGAN "
+        "(formatLayer.module.weight, groupScale0, scaleLayers, toRGBLayers) and DCGAN (formatLayer.weight, main.*)")
+
+
+def test_ganzoo_dcgan_gives_the_official_images_with_its_batch_statistics():
+    path, ref = FIXTURES / "dcgan_ganzoo_tiny.pth", load_file(str(FIXTURES / "dcgan_ganzoo.safetensors"))
+    adapter = fm.load_generator(path)
+    assert isinstance(adapter.module, ZSource) and adapter.module.family == "dcgan_ganzoo"
+    assert adapter.module.kwargs == dict(dimLatentVector=16, dimOutput=3, dimModelG=8, depthModel=2,
+                                         generationActivation="tanh")
+    with torch.no_grad():
+        img = adapter({"z": ref["z"]})
+    assert img.shape == (3, 3, 32, 32) and (img - ref["img"]).abs().max() <= TOL
+    with pytest.raises(ValueError, match="DCGAN checkpoint: fastmine builds its generator, not its discriminator"):
+        load_critic(path)
+
+
 def test_stylegan_settings_are_refused_for_a_z_only_generator():
     with pytest.raises(ValueError, match="a pggan_genforce generator is mined in z only: leave latent unset"):
         fm.load_generator(FIXTURES / "pggan_genforce_tiny.pth", latent="w")

@@ -141,3 +141,70 @@ def test_a_tensorflow_stylegan_pickle_is_refused_naming_the_converter(tmp_path):
         f"{path} is a TensorFlow-era StyleGAN (v1) pickle (dnnlib.tflib.network.Network); fastmine reads its PyTorch "
         "checkpoints: convert it with genforce's converter (github.com/genforce/genforce, TensorFlow 1.x), python "
         f"convert_model.py stylegan --source_model_path={path} --target_model_path=converted.pth")
+
+
+# --------------------------------------------------------------------------- rosinality/style-based-gan-pytorch
+def rosinality_fixture():
+    with safe_open(str(FIXTURES / "stylegan1_rosinality.safetensors"), "pt") as f:
+        meta = f.metadata()
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    state = {k: v.float() for k, v in tensors.items() if "." in k and not k.startswith("D.")}
+    refs = {k: v.float() for k, v in tensors.items() if "." not in k}
+    refs["D"] = {k[2:]: v.float() for k, v in tensors.items() if k.startswith("D.")}
+    return state, refs, {k: json.loads(v) if v[:1] in "{[" else v for k, v in meta.items()}
+
+
+@pytest.fixture(scope="module")
+def rosinality_checkpoint(tmp_path_factory):
+    """rosinality's train.py checkpoint: generator, discriminator, optimisers, g_running."""
+    state, refs, meta = rosinality_fixture()
+    path = tmp_path_factory.mktemp("sbgan") / "train_step-5.model"
+    torch.save({"generator": state, "discriminator": refs["D"],
+                "g_optimizer": {"state": {}, "param_groups": []}, "g_running": state}, path)
+    return path, refs, meta
+
+
+def test_rosinality_checkpoint_gives_rosinality_images(rosinality_checkpoint):
+    path, refs, meta = rosinality_checkpoint
+    adapter = fm.load_generator(path, truncation_psi=float(meta["psi"]))
+    g = adapter.module.net
+    assert adapter.module.family == "stylegan1_rosinality" and g.img_resolution == 128
+    g.mapping.w_avg.copy_(refs["mean_style"][0])  # rosinality's truncation latent for these images
+    noise = [refs[f"noise{b}"] for b in range(int(meta["step"]) + 1)]
+    with torch.no_grad():
+        img1 = g.synthesis(g.mapping(refs["z"][:1]), noise=noise)
+        img07 = g.synthesis(adapter.module.ws(z=refs["z"][1:]), noise=noise)
+    assert (img1 - refs["img_psi1"]).abs().max() <= TOL
+    assert (img07 - refs["img_psi07"]).abs().max() <= TOL
+
+
+def test_rosinality_resolution_and_widths_come_from_the_trained_blocks(rosinality_checkpoint):
+    path, _, meta = rosinality_checkpoint
+    weights = fm.files.read_weights(path)
+    # the seventh (256 px) block is as initialised: not part of the network built
+    assert weights.where == "g_running"
+    assert weights.kwargs == dict(size=128, code_dim=16, n_mlp=4, channels=meta["widths"][:6], fused=True)
+    assert not any(k.startswith("generator.progression.6.") for k in weights.state)
+    # w_avg, which rosinality's checkpoints lack, is estimated from its mapping
+    state, refs, _ = rosinality_fixture()
+    assert (weights.state["style.w_avg"] - refs["mean_style"][0]).abs().max() < 0.25 * refs["mean_style"].abs().max()
+    # a bare g_running state dict (train.py's per-phase NNNNNN.model) loads too
+    torch.save(state, path.with_name("010000.model"))
+    assert fm.files.read_weights(path.with_name("010000.model")).where == "(state dict)"
+    with torch.no_grad():
+        a = fm.load_generator(path)({"z": refs["z"]})
+        b = fm.load_generator(path)({"z": refs["z"]})
+    assert torch.equal(a, b)  # noise_mode="const": fixed noise maps, deterministic images
+
+
+def test_rosinality_discriminator_gives_its_scores_as_the_first_critic(rosinality_checkpoint):
+    path, refs, _ = rosinality_checkpoint
+    assert has_critic(path)
+    critic = load_critic(path)
+    assert critic.family == "stylegan1_rosinality" and critic.kwargs["size"] == 128
+    # blocks 0-2 (1024-256 px inputs) are as initialised: the trained resolution is 128 px
+    assert sorted(critic.net.progression) == ["3", "4", "5", "6", "7", "8"] and critic.net.fused[3]
+    x = torch.cat([refs["img_psi1"], refs["img_psi07"]]) * 0.5
+    with torch.no_grad():
+        scores = critic(torch.cat([x, x.flip(3)]))
+    assert (scores - refs["d_scores"][:, 0]).abs().max() <= TOL

@@ -1,5 +1,6 @@
 """Pretrained generator families fastmine builds itself: StyleGAN2(-ADA), StyleGAN3 and the zoo's
-families (:data:`READERS`: Progressive GAN, ...).
+families (:data:`READERS`: Progressive GAN and pytorch_GAN_zoo's DCGAN in :mod:`.pggan`, StyleGAN v1
+in :mod:`.stylegan1`).
 
 Each zoo family is one module holding its networks and a reader: ``sniff(obj, path)`` says whether
 a loaded checkpoint object is one of its files, ``read(obj, path, role, key)`` gives (family,
@@ -72,7 +73,7 @@ def _check_family(family: str, table: dict) -> type:
 
 
 class StyleGANSource(nn.Module):
-    """A StyleGAN2/3 generator that takes fastmine latents (see the module docstring).
+    """A StyleGAN (v1, 2, 3) generator that takes fastmine latents (see the module docstring).
 
     ``kwargs``: the official constructor keywords. ``noise_mode``: ``const`` (the network's
     fixed noise buffers, deterministic, the default), ``random`` or ``none``.

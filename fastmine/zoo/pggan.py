@@ -1,4 +1,4 @@
-"""Progressive GAN (ProGAN / PGGAN) checkpoints as fastmine networks, read as data.
+"""Progressive GAN (ProGAN / PGGAN) checkpoints, and pytorch_GAN_zoo's DCGAN, as fastmine networks, read as data.
 
 Two stores of the same architecture (Karras et al. 2018: pixel norm, equalised learning rate,
 nearest upsampling, a minibatch-standard-deviation critic), each kept with its own parameter
@@ -16,13 +16,17 @@ names and constructor keywords so its tensors load strictly:
   with no constructor arguments: they are read from the tensors (resolution from the number of
   output layers, widths as ``min(fmaps_base // res, fmaps_max)``).
 
-Both run at their final resolution (alpha = 0 / lod = 0), the state their released files are
+pytorch_GAN_zoo's ``DCGAN`` (:class:`DCGANGNet`; the fashionGen torch hub model) is read from the
+same file layout (config ``dimG``, ``depth``), its generator only.
+
+Both ProGANs run at their final resolution (alpha = 0 / lod = 0), the state their released files are
 in; a file saved mid-transition is refused. The pytorch_GAN_zoo layer multiplies its output,
 bias included, by He's constant (``ConstrainedLayer``), genforce the weight only: kept as each does.
 """
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 from collections.abc import Mapping
 
 import torch
@@ -149,6 +153,38 @@ class DNet(nn.Module):
         return self.decisionLayer(x)
 
 
+class DCGANGNet(nn.Module):
+    """pytorch_GAN_zoo's DCGAN generator (``models/networks/DCGAN_nets.py`` GNet, its names).
+
+    Its batch norms normalise with the batch's statistics, as the repo samples (it never puts
+    its networks in eval mode, and the averaged generator's running statistics are never
+    updated): an image depends on the others of its batch, as with the official code."""
+
+    def __init__(self, dimLatentVector, dimOutput, dimModelG, depthModel=3, generationActivation="tanh"):
+        super().__init__()
+        if generationActivation not in (None, "tanh"):
+            raise ValueError(f"generationActivation must be None or 'tanh', got {generationActivation!r}")
+        self.z_dim, self.c_dim, self.generationActivation = int(dimLatentVector), 0, generationActivation
+        depth = dimModelG * 2 ** depthModel
+        self.formatLayer = nn.ConvTranspose2d(dimLatentVector, depth, 4, 1, 0, bias=False)
+        layers = [("batchNorm0", nn.BatchNorm2d(depth)), ("relu0", nn.ReLU())]
+        for i in range(depthModel):
+            layers += [(f"convTranspose{i + 1}", nn.ConvTranspose2d(depth, depth // 2, 4, 2, 1, bias=False)),
+                       (f"batchNorm{i + 1}", nn.BatchNorm2d(depth // 2)), (f"relu{i + 1}", nn.ReLU())]
+            depth //= 2
+        layers.append(("outlayer", nn.ConvTranspose2d(dimModelG, dimOutput, 4, 2, 1, bias=False)))
+        self.main = nn.Sequential(OrderedDict(layers))
+
+    def forward(self, z):
+        x = self.formatLayer(z.reshape(z.shape[0], -1, 1, 1))
+        for layer in self.main:
+            if isinstance(layer, nn.BatchNorm2d):  # batch statistics, running ones left alone
+                x = F.batch_norm(x, None, None, layer.weight, layer.bias, training=True, eps=layer.eps)
+            else:
+                x = layer(x)
+        return torch.tanh(x) if self.generationActivation == "tanh" else x
+
+
 # --------------------------------------------------------------------------- genforce
 class WScaled(nn.Module):
     """genforce's ConvBlock / DenseBlock parameters: ``weight`` (times gain / sqrt(fan_in) at run
@@ -251,6 +287,7 @@ class PGGANDiscriminator(nn.Module):
 
 # --------------------------------------------------------------------------- reading
 GANZOO_KEYS = ("formatLayer.module.weight", "groupScale0.0.module.weight", "toRGBLayers.0.module.weight")
+GANZOO_DCGAN_KEYS = ("formatLayer.weight", "main.batchNorm0.weight", "main.outlayer.weight")
 GENFORCE_KEYS = ("layer0.weight", "layer1.weight", "output0.weight", "lod")
 GANZOO_ROLES = {"generator": "avgG", "critic": "netD"}
 GENFORCE_ROLES = {"generator": "generator_smooth", "critic": "discriminator"}
@@ -266,6 +303,16 @@ def _is_ganzoo(obj) -> bool:
     return isinstance(obj, Mapping) and "config" in obj and _has(obj.get("netG"), GANZOO_KEYS)
 
 
+def _is_ganzoo_dcgan(obj) -> bool:
+    return isinstance(obj, Mapping) and "config" in obj and _has(obj.get("netG"), GANZOO_DCGAN_KEYS)
+
+
+def _is_ganzoo_other(obj) -> bool:
+    """A pytorch_GAN_zoo checkpoint (BaseGAN.save's keys) of another architecture (its StyleGAN, ...)."""
+    return (isinstance(obj, Mapping) and all(k in obj for k in ("config", "netG", "netD", "avgG"))
+            and not _is_ganzoo(obj) and not _is_ganzoo_dcgan(obj))
+
+
 def _is_genforce(obj) -> bool:
     return isinstance(obj, Mapping) and any(_has(obj.get(k), GENFORCE_KEYS) and "layer0.weight" in obj[k]
                                             and obj[k]["layer0.weight"].ndim == 4
@@ -273,7 +320,7 @@ def _is_genforce(obj) -> bool:
 
 
 def sniff(obj, path) -> bool:
-    return _is_ganzoo(obj) or _is_genforce(obj)
+    return _is_ganzoo(obj) or _is_ganzoo_dcgan(obj) or _is_genforce(obj) or _is_ganzoo_other(obj)
 
 
 def _config(obj) -> dict:
@@ -348,8 +395,31 @@ def fmaps_for(widths: dict, path, builder: str = "genforce's PGGAN") -> dict:
 
 
 def read(obj, path, role, key) -> tuple[str, dict, dict, str]:
+    if _is_ganzoo_other(obj):
+        keys = list(obj["netG"]) if isinstance(obj["netG"], Mapping) else []
+        raise ValueError(f"{str(path)!r} is a pytorch_GAN_zoo checkpoint of an architecture fastmine does not build "
+                         f"(netG keys: {', '.join(map(str, keys[:6]))}{', ...' if len(keys) > 6 else ''}); fastmine "
+                         "builds its PGAN (formatLayer.module.weight, groupScale0, scaleLayers, toRGBLayers) and DCGAN "
+                         "(formatLayer.weight, main.*)")
+    if _is_ganzoo_dcgan(obj):
+        return _read_ganzoo_dcgan(obj, path, role, key)
     return (_read_ganzoo if _is_ganzoo(obj) else _read_genforce)(obj, path, role, key)
 
 
-GENERATORS = {"pggan_ganzoo": GNet, "pggan_genforce": PGGANGenerator}
+def _read_ganzoo_dcgan(obj, path, role, key):
+    if role == "critic":
+        raise ValueError(f"{str(path)!r} is a pytorch_GAN_zoo DCGAN checkpoint: fastmine builds its generator, not "
+                         "its discriminator; pass another critic (source.critic=...) or none to start from a fresh one")
+    config = _config(obj)
+    name, state = _pick(obj, path, role, key, GANZOO_ROLES, "pytorch_GAN_zoo DCGAN")
+    if config.get("categoryVectorDim", 0):
+        raise ValueError(f"{str(path)!r} is a conditional DCGAN (categoryVectorDim={config['categoryVectorDim']}); "
+                         "fastmine builds the unconditional one")
+    kwargs = dict(dimLatentVector=int(config["latentVectorDim"]), dimOutput=int(config.get("dimOutput", 3)),
+                  dimModelG=int(config["dimG"]), depthModel=int(config["depth"]),
+                  generationActivation="tanh" if config.get("lossCriterion") in GANZOO_TANH_LOSSES else None)
+    return "dcgan_ganzoo", kwargs, state, name
+
+
+GENERATORS = {"pggan_ganzoo": GNet, "pggan_genforce": PGGANGenerator, "dcgan_ganzoo": DCGANGNet}
 DISCRIMINATORS = {"pggan_ganzoo": DNet, "pggan_genforce": PGGANDiscriminator}

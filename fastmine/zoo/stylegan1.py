@@ -1,4 +1,4 @@
-"""StyleGAN (v1) checkpoints as fastmine networks, read as data.
+"""StyleGAN (v1) checkpoints as fastmine networks, read as data: genforce's and rosinality's.
 
 genforce/genforce's ``StyleGANGenerator`` (its converter of NVIDIA's TensorFlow release: FFHQ and
 CelebA-HQ at 1024 px, the LSUN bedroom / cat / car models, and genforce's own FFHQ / LSUN models)
@@ -16,10 +16,24 @@ kernel from 128 px (``fused_scale="auto"``), both followed by a [1, 2, 1] blur; 
 1x1 toRGB at the last resolution. Truncation pulls the first ``truncation_cutoff`` layers' w toward
 ``w_avg`` (NVIDIA's psi 0.7, cutoff 8; genforce's trunc_psi / trunc_layers). As a mining source it
 takes z, w or w+ exactly as StyleGAN2 does (:class:`fastmine.zoo.StyleGANSource`).
+
+rosinality/style-based-gan-pytorch (:class:`RosinalityGenerator`, family ``stylegan1_rosinality``)
+is its own reimplementation, kept with its names: ``style.{1,3,..}.linear.weight_orig`` (equalised
+learning rate without a mapping lr multiplier), ``generator.progression.{b}`` (conv, noise, leaky
+ReLU, AdaIN with nn.InstanceNorm2d's eps 1e-5, twice per block, one style per block in its code),
+``generator.to_rgb.{b}``. train.py saves ``{"generator", "discriminator", "g_optimizer",
+"d_optimizer", "g_running"}`` (``g_running``, the moving average, is what generate.py samples) or
+``g_running`` alone. It builds all nine blocks and grows one resolution at a time, so the trained
+resolution is read as the last block whose noise strengths or toRGB bias have left their zero
+init; neither the noise maps (drawn per call) nor the average w (``mean_style`` at sampling time)
+are stored: noise_mode="const" uses maps drawn once from NOISE_SEED, and w_avg is the mean w of
+W_AVG_SAMPLES fixed latents. Its discriminator (:class:`RosinalityDiscriminator`, the
+checkpoint's ``discriminator``) is the first critic, at the resolution its trained blocks give.
 """
 from __future__ import annotations
 
 import math
+import re
 
 import torch
 import torch.nn.functional as F
@@ -241,11 +255,17 @@ def _genforce_generator(state) -> bool:
     return isinstance(state, dict) and all(k in state for k in GENFORCE_KEYS)
 
 
-def sniff(obj, path) -> bool:
+def _is_genforce(obj) -> bool:
     return isinstance(obj, dict) and any(_genforce_generator(obj.get(k)) for k in ("generator", "generator_smooth"))
 
 
+def sniff(obj, path) -> bool:
+    return _is_genforce(obj) or sniff_rosinality(obj)
+
+
 def read(obj, path, role, key) -> tuple[str, dict, dict, str]:
+    if not _is_genforce(obj):
+        return read_rosinality(obj, path, role, key)
     name = key or GENFORCE_ROLES[role]
     if role == "critic":
         return _read_discriminator(obj, path, name)
@@ -299,3 +319,340 @@ def _read_discriminator(obj, path, name):
 
 GENERATORS = {"stylegan1": Generator}
 DISCRIMINATORS = {"stylegan1": Discriminator}
+
+
+# --------------------------------------------------------------------------- rosinality/style-based-gan-pytorch
+# rosinality's channel table (its Generator's progression, 4 px up to 1024 px)
+ROSINALITY_CHANNELS = (512, 512, 512, 512, 256, 128, 64, 32, 16)
+ROSINALITY_IN_EPS = 1e-5  # nn.InstanceNorm2d's default, which rosinality's AdaIN uses
+ROSINALITY_ROLES = {"generator": "g_running", "critic": "discriminator"}
+ROSINALITY_KEY = "generator.progression.0.conv1.input"
+W_AVG_SAMPLES, W_AVG_SEED = 10_000, 0
+NOISE_SEED = 0  # the fixed noise of noise_mode="const" (rosinality stores none)
+
+
+def _equal(shape, gain_dim):
+    """rosinality's equal_lr parameters: ``weight_orig`` times sqrt(2 / fan_in) at run time."""
+    layer = nn.Module()
+    layer.weight_orig = nn.Parameter(torch.randn(shape))
+    layer.scale = math.sqrt(2.0 / gain_dim)
+    return layer
+
+
+def _equal_conv(c_in, c_out, k):
+    """EqualConv2d: ``conv.weight_orig``, ``conv.bias``."""
+    module = nn.Module()
+    module.conv = _equal((c_out, c_in, k, k), c_in * k * k)
+    module.conv.bias = nn.Parameter(torch.zeros(c_out))
+    return module
+
+
+def _equal_linear(c_in, c_out):
+    """EqualLinear: ``linear.weight_orig``, ``linear.bias``."""
+    module = nn.Module()
+    module.linear = _equal((c_out, c_in), c_in)
+    module.linear.bias = nn.Parameter(torch.zeros(c_out))
+    return module
+
+
+def _conv(module, x, padding):
+    return F.conv2d(x, module.conv.weight_orig * module.conv.scale, module.conv.bias, padding=padding)
+
+
+def _linear(module, x):
+    return F.linear(x, module.linear.weight_orig * module.linear.scale, module.linear.bias)
+
+
+def _blur(channels):
+    """rosinality's Blur: ``weight`` and ``weight_flip`` buffers (the same symmetric kernel)."""
+    module = nn.Module()
+    module.register_buffer("weight", _blur_kernel(channels))
+    module.register_buffer("weight_flip", _blur_kernel(channels))
+    return module
+
+
+class RosinalityMapping(nn.Module):
+    """rosinality's ``style``: pixel norm, then n_mlp EqualLinear + leaky ReLU (children 1, 3, 5, ...)."""
+
+    def __init__(self, code_dim, n_mlp, num_ws):
+        super().__init__()
+        self.n_mlp, self.num_ws = n_mlp, num_ws
+        for i in range(n_mlp):
+            self.add_module(str(2 * i + 1), _equal_linear(code_dim, code_dim))
+        self.register_buffer("w_avg", torch.zeros(code_dim))
+
+    def forward(self, z, c=None, truncation_psi=1, truncation_cutoff=None):
+        w = pixel_norm(z)
+        for i in range(self.n_mlp):
+            w = F.leaky_relu(_linear(getattr(self, str(2 * i + 1)), w), LEAK)
+        ws = w.unsqueeze(1).repeat(1, self.num_ws, 1)
+        return ws if truncation_psi == 1 else truncate(ws, self.w_avg, truncation_psi, truncation_cutoff)
+
+
+class RosinalityBlock(nn.Module):
+    """rosinality's StyledConvBlock: conv, noise, leaky ReLU, AdaIN, twice."""
+
+    def __init__(self, c_in, c_out, code_dim, initial=False, fused=False):
+        super().__init__()
+        self.initial, self.fused = initial, fused
+        if initial:
+            self.conv1 = nn.Module()
+            self.conv1.input = nn.Parameter(torch.randn(1, c_in, 4, 4))
+        elif fused:
+            up = nn.Module()
+            up.weight = nn.Parameter(torch.randn(c_in, c_out, 3, 3))
+            up.bias = nn.Parameter(torch.zeros(c_out))
+            up.scale = math.sqrt(2.0 / (c_in * 9))
+            self.conv1 = nn.Sequential(up, _blur(c_out))
+        else:
+            self.conv1 = nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"), _equal_conv(c_in, c_out, 3),
+                                       _blur(c_out))
+        self.conv2 = _equal_conv(c_out, c_out, 3)
+        for i in (1, 2):
+            self.add_module(f"noise{i}", _equal((1, c_out, 1, 1), c_out))
+            adain = nn.Module()
+            adain.style = _equal_linear(code_dim, 2 * c_out)
+            self.add_module(f"adain{i}", adain)
+
+    def _adain(self, adain, x, w):
+        gamma, beta = _linear(adain.style, w).unsqueeze(2).unsqueeze(3).chunk(2, 1)
+        return gamma * F.instance_norm(x, eps=ROSINALITY_IN_EPS) + beta
+
+    def forward(self, x, w1, w2, noise):
+        if self.initial:
+            x = self.conv1.input.repeat(w1.shape[0], 1, 1, 1)
+        elif self.fused:
+            up, blur = self.conv1
+            weight = F.pad(up.weight * up.scale, [1, 1, 1, 1])
+            weight = (weight[:, :, 1:, 1:] + weight[:, :, :-1, 1:] + weight[:, :, 1:, :-1] + weight[:, :, :-1, :-1]) / 4
+            x = F.conv2d(F.conv_transpose2d(x, weight, up.bias, stride=2, padding=1), blur.weight, padding=1,
+                         groups=weight.shape[1])
+        else:
+            _, conv, blur = self.conv1
+            x = _conv(conv, F.interpolate(x, scale_factor=2, mode="nearest"), 1)
+            x = F.conv2d(x, blur.weight, padding=1, groups=x.shape[1])
+        if noise is not None:
+            x = x + self.noise1.weight_orig * self.noise1.scale * noise
+        x = self._adain(self.adain1, F.leaky_relu(x, LEAK), w1)
+        x = _conv(self.conv2, x, 1)
+        if noise is not None:
+            x = x + self.noise2.weight_orig * self.noise2.scale * noise
+        return self._adain(self.adain2, F.leaky_relu(x, LEAK), w2)
+
+
+class RosinalitySynthesis(nn.Module):
+    """rosinality's ``generator`` (progression + to_rgb) run at its last trained step."""
+
+    def __init__(self, code_dim, channels, fused):
+        super().__init__()
+        self.progression = nn.ModuleList()
+        self.to_rgb = nn.ModuleList()
+        for b, c_out in enumerate(channels):
+            c_in = channels[max(b - 1, 0)]
+            self.progression.append(RosinalityBlock(c_in, c_out, code_dim, initial=b == 0,
+                                                    fused=fused and 4 * 2 ** b >= FUSED_SCALE_MIN_RES))
+            self.to_rgb.append(_equal_conv(c_out, 3, 1))
+        gen = torch.Generator().manual_seed(NOISE_SEED)
+        for b in range(len(channels)):
+            res = 4 * 2 ** b
+            self.register_buffer(f"noise_const{b}", torch.randn(1, 1, res, res, generator=gen), persistent=False)
+
+    def forward(self, ws, noise_mode="const", noise=None):
+        """``noise``: rosinality's per-block noise list (each [N, 1, R, R], shared by a block's two
+        layers); else ``noise_mode`` const (fixed maps drawn once from NOISE_SEED), random, none."""
+        if noise_mode not in NOISE_MODES:
+            raise ValueError(f"unknown noise_mode {noise_mode!r}: use one of {', '.join(NOISE_MODES)}")
+        x = None
+        for b, block in enumerate(self.progression):
+            if noise is not None:
+                n = noise[b]
+            elif noise_mode == "const":
+                n = getattr(self, f"noise_const{b}")
+            elif noise_mode == "random":
+                res = 4 * 2 ** b
+                n = torch.randn(ws.shape[0], 1, res, res, device=ws.device, dtype=ws.dtype)
+            else:
+                n = None
+            x = block(x, ws[:, 2 * b], ws[:, 2 * b + 1], n)
+        return _conv(self.to_rgb[-1], x, 0)
+
+
+class RosinalityGenerator(nn.Module):
+    """rosinality/style-based-gan-pytorch's StyledGenerator (its names) at ``size`` px, with the
+    interface of the StyleGAN2 generator (``mapping`` is its ``style``, ``synthesis`` its
+    ``generator``). Each block's two layers take their own w (rosinality gives both the block's
+    style): w+ has 2 per block."""
+
+    def __init__(self, size, code_dim=512, n_mlp=8, channels=None, fused=True):
+        super().__init__()
+        n_blocks = int(math.log2(size)) - 1
+        channels = list(ROSINALITY_CHANNELS[:n_blocks] if channels is None else channels)
+        if len(channels) != n_blocks:
+            raise ValueError(f"channels has {len(channels)} widths; a {size} px network has {n_blocks} blocks")
+        self.z_dim, self.c_dim, self.w_dim, self.num_ws = int(code_dim), 0, int(code_dim), 2 * n_blocks
+        self.img_resolution = int(size)
+        self.style = RosinalityMapping(code_dim, n_mlp, self.num_ws)
+        self.generator = RosinalitySynthesis(code_dim, channels, fused)
+
+    @property
+    def mapping(self):
+        return self.style
+
+    @property
+    def synthesis(self):
+        return self.generator
+
+    def forward(self, z, c=None, truncation_psi=1, truncation_cutoff=None, noise_mode="const"):
+        return self.generator(self.style(z, c, truncation_psi, truncation_cutoff), noise_mode=noise_mode)
+
+
+def _rosinality_state(obj):
+    return isinstance(obj, dict) and ROSINALITY_KEY in obj
+
+
+def sniff_rosinality(obj) -> bool:
+    return _rosinality_state(obj) or (isinstance(obj, dict) and any(_rosinality_state(v) for v in obj.values()))
+
+
+@torch.no_grad()
+def _estimate_w_avg(state, kwargs) -> torch.Tensor:
+    """The mean w of W_AVG_SAMPLES latents drawn with W_AVG_SEED (rosinality's generate.py averages
+    10 x 1024 random ones at sampling time; its checkpoints hold none)."""
+    mapping = RosinalityMapping(kwargs["code_dim"], kwargs["n_mlp"], 1)
+    mapping.load_state_dict({k[len("style."):]: v for k, v in state.items() if k.startswith("style.")} |
+                            {"w_avg": torch.zeros(kwargs["code_dim"])})
+    gen = torch.Generator().manual_seed(W_AVG_SEED)
+    z = torch.randn(W_AVG_SAMPLES, kwargs["code_dim"], generator=gen)
+    return mapping(z)[:, 0].double().mean(0).float()
+
+
+def read_rosinality(obj, path, role, key):
+    if role == "critic":
+        return _read_rosinality_discriminator(obj, path, key)
+    if _rosinality_state(obj):
+        name, state = "(state dict)", obj
+    else:
+        name = key or ROSINALITY_ROLES[role]
+        state = obj.get(name)
+        if not _rosinality_state(state):
+            found = ", ".join(str(k) for k, v in obj.items() if isinstance(v, dict)) or "none"
+            raise ValueError(f"{str(path)!r} is a rosinality style-based-gan checkpoint without a generator under "
+                             f"{name!r} (it has {found}); pass key= naming one (source.key=...)")
+    state = {k: v.detach().float() for k, v in state.items()}
+    n_blocks = sum(1 for k in state if re.fullmatch(r"generator\.to_rgb\.\d+\.conv\.bias", k))
+    # rosinality builds all nine blocks and trains them one resolution at a time: the blocks above the
+    # step it was trained to keep their initial zero noise strengths and toRGB biases
+    trained = [b for b in range(n_blocks) if state[f"generator.progression.{b}.noise1.weight_orig"].any()
+               or state[f"generator.to_rgb.{b}.conv.bias"].any()]
+    if not trained:
+        raise ValueError(f"{str(path)!r}: the rosinality generator has no trained block (all noise strengths and "
+                         "toRGB biases are zero); its keys: " + ", ".join(list(state)[:6]) + ", ...")
+    size = 4 * 2 ** max(trained)
+    keep = [f"generator.progression.{b}." for b in range(max(trained) + 1)] + \
+           [f"generator.to_rgb.{b}." for b in range(max(trained) + 1)] + ["style."]
+    state = {k: v for k, v in state.items() if any(k.startswith(p) for p in keep)}
+    channels = [int(state[f"generator.progression.{b}.conv2.conv.weight_orig"].shape[0])
+                for b in range(max(trained) + 1)]
+    kwargs = dict(size=size, code_dim=int(state["style.1.linear.weight_orig"].shape[1]),
+                  n_mlp=sum(1 for k in state if re.fullmatch(r"style\.\d+\.linear\.weight_orig", k)),
+                  channels=channels, fused=True)
+    state["style.w_avg"] = _estimate_w_avg(state, kwargs)
+    return "stylegan1_rosinality", kwargs, state, name
+
+
+GENERATORS["stylegan1_rosinality"] = RosinalityGenerator
+
+
+class RosinalityDiscriminator(nn.Module):
+    """rosinality/style-based-gan-pytorch's Discriminator (its names) at ``size`` px; returns [N, 1].
+
+    ``channels``: {progression index: (in, out)} of the blocks that run at this size (rosinality
+    indexes them from 1024 px down, the last one, index ``n_layer - 1``, at 4 px with the
+    minibatch std: one feature, the batch's standard deviation averaged, all images one group).
+    Downsampling convolutions are a blur then a stride-2 convolution of the 4-tap-averaged kernel
+    from 128 px input (``fused``), a blur, convolution and 2x2 average pool below."""
+
+    def __init__(self, size, channels, n_layer=9, fused=True, from_rgb_activate=True):
+        super().__init__()
+        self.n_layer, self.from_rgb_activate = n_layer, from_rgb_activate
+        self.first = n_layer - (int(math.log2(size)) - 1)
+        channels = {int(k): v for k, v in channels.items()}
+        self.progression, self.from_rgb = nn.ModuleDict(), nn.ModuleDict()
+        self.fused = {}
+        for i in range(self.first, n_layer):
+            c_in, c_out = channels[i]
+            block = nn.Module()
+            last = i == n_layer - 1
+            block.conv1 = nn.Sequential(_equal_conv(c_in + int(last), c_out, 3))  # + the minibatch-std feature
+            res = size // 2 ** (i - self.first)
+            if last:
+                block.conv2 = nn.Sequential(_equal_conv(c_out, c_out, 4))
+            elif fused and res >= FUSED_SCALE_MIN_RES:
+                down = nn.Module()
+                down.weight = nn.Parameter(torch.randn(c_out, c_out, 3, 3))
+                down.bias = nn.Parameter(torch.zeros(c_out))
+                down.scale = math.sqrt(2.0 / (c_out * 9))
+                block.conv2 = nn.Sequential(_blur(c_out), down)
+                self.fused[i] = True
+            else:
+                block.conv2 = nn.Sequential(_blur(c_out), _equal_conv(c_out, c_out, 3))
+                self.fused[i] = False
+            self.progression[str(i)] = block
+        c_first = channels[self.first][0]
+        rgb = _equal_conv(3, c_first, 1)
+        self.from_rgb[str(self.first)] = nn.Sequential(rgb) if from_rgb_activate else rgb
+        self.linear = _equal_linear(channels[n_layer - 1][1], 1)
+
+    def forward(self, x):
+        rgb = self.from_rgb[str(self.first)]
+        x = _conv(rgb[0] if self.from_rgb_activate else rgb, x, 0)
+        if self.from_rgb_activate:
+            x = F.leaky_relu(x, LEAK)
+        for i in range(self.first, self.n_layer):
+            block = self.progression[str(i)]
+            if i == self.n_layer - 1:
+                std = (x.var(0, unbiased=False) + 1e-8).sqrt().mean()
+                x = torch.cat([x, std.expand(x.shape[0], 1, 4, 4)], 1)
+                x = F.leaky_relu(_conv(block.conv1[0], x, 1), LEAK)
+                x = F.leaky_relu(_conv(block.conv2[0], x, 0), LEAK)
+                continue
+            x = F.leaky_relu(_conv(block.conv1[0], x, 1), LEAK)
+            blur, down = block.conv2
+            x = F.conv2d(x, blur.weight, padding=1, groups=x.shape[1])
+            if self.fused[i]:
+                weight = F.pad(down.weight * down.scale, [1, 1, 1, 1])
+                weight = (weight[:, :, 1:, 1:] + weight[:, :, :-1, 1:] + weight[:, :, 1:, :-1]
+                          + weight[:, :, :-1, :-1]) / 4
+                x = F.conv2d(x, weight, down.bias, stride=2, padding=1)
+            else:
+                x = F.avg_pool2d(_conv(down, x, 1), 2)
+            x = F.leaky_relu(x, LEAK)
+        return _linear(self.linear, x.flatten(1))
+
+
+def _read_rosinality_discriminator(obj, path, key):
+    name = key or ROSINALITY_ROLES["critic"]
+    state = obj.get(name) if isinstance(obj, dict) else None
+    if not (isinstance(state, dict) and "linear.linear.weight_orig" in state):
+        raise ValueError(f"{str(path)!r} is a rosinality style-based-gan checkpoint without a discriminator under "
+                         f"{name!r}; pass another critic (source.critic=...) or none to start from a fresh one")
+    state = {k: v.detach().float() for k, v in state.items()}
+    n_layer = sum(1 for k in state if re.fullmatch(r"progression\.\d+\.conv1\.0\.conv\.bias", k))
+    # as the generator's: the blocks below the trained resolution keep their zero-initialised biases
+    trained = [i for i in range(n_layer) if state[f"progression.{i}.conv1.0.conv.bias"].any()]
+    if not trained:
+        raise ValueError(f"{str(path)!r}: the rosinality discriminator has no trained block")
+    first = min(trained)
+    size = 4 * 2 ** (n_layer - 1 - first)
+    activate = f"from_rgb.{first}.0.conv.weight_orig" in state
+    channels = {}
+    for i in range(first, n_layer):
+        c_out, c_in = state[f"progression.{i}.conv1.0.conv.weight_orig"].shape[:2]
+        channels[str(i)] = (int(c_in) - int(i == n_layer - 1), int(c_out))  # the last block's mbstd feature
+    keep = [f"progression.{i}." for i in range(first, n_layer)] + [f"from_rgb.{first}.", "linear."]
+    state = {k: v for k, v in state.items() if any(k.startswith(p) for p in keep)}
+    kwargs = dict(size=size, channels=channels, n_layer=n_layer, fused=True, from_rgb_activate=activate)
+    return "stylegan1_rosinality", kwargs, state, name
+
+
+DISCRIMINATORS["stylegan1_rosinality"] = RosinalityDiscriminator
