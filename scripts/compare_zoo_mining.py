@@ -8,7 +8,9 @@ STEPS updates of batch 16, seed 0.
 
 Target share: the fraction of 200 samples whose nearest target image is nearer than the 95th
 percentile of the targets' own nearest-other-target distances (a sample that would pass as one of
-the targets), before (the source's samples) and after mining. Seconds per update: the time of
+the targets): the source's samples, the miner's after its init (the inversion start) and after
+mining. ``source_spread``: the mean pixel distance between the source's samples (how much its
+images vary at all), beside the threshold. Seconds per update: the time of
 ``fit`` (the updates only, not the inversion start) over STEPS, as a ratio to StyleGAN2's in the
 same process.
 
@@ -64,12 +66,17 @@ def run(family, g_kwargs, d_kwargs):
     adapter = GeneratorAdapter(src, src.latent_spec, build={"arch": src.arch()})
     mining = fm.prepare(adapter, target, critic=critic, steps=STEPS, batch_size=BATCH, seed=0, log_every=10_000,
                         progress=False)
+    with torch.no_grad():
+        start_samples = mining.trainer.sampler.sample(N_SAMPLES, seed=3)  # after the init (inversion), before updates
     start = time.perf_counter()
     result = mining.fit()
     seconds = (time.perf_counter() - start) / STEPS
     after = result.sampler.sample(N_SAMPLES, seed=3)
-    return {"share_before": target_share(source, target, threshold), "share_after": target_share(after, target,
-                                                                                                   threshold),
+    return {"share_before": target_share(source, target, threshold),
+            "share_start": target_share(start_samples, target, threshold),
+            "share_after": target_share(after, target, threshold),
+            "source_spread": torch.cdist(source.flatten(1), source.flatten(1)).mean().item(),
+            "threshold": threshold,
             "s_per_update": seconds}
 
 
