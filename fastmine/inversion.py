@@ -233,7 +233,10 @@ def covariance_distance(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
     With C_x = XᵀX/(B−1): ‖C_x − C_y‖² = ‖XXᵀ‖²/(B−1)² + ‖YYᵀ‖²/(N−1)² − 2‖XYᵀ‖²/((B−1)(N−1))
     (tr(XᵀX YᵀY) = ‖XYᵀ‖²): O((B+N)²d) instead of O(Bd²) and d² memory, so a StyleGAN's w+
-    (d = 14 × 512 = 7,168 at 256 px) fits as easily as a 64-d latent."""
+    (d = 14 × 512 = 7,168 at 256 px) fits as easily as a 64-d latent. When d < B + N the d×d
+    matrices are the smaller ones (a 4-d toy fitted on 2,048 samples) and are used instead."""
     b, n = len(x) - 1, len(y) - 1
+    if x.shape[1] < len(x) + len(y):
+        return (x.T @ x / b - y.T @ y / n).pow(2).sum()
     return ((x @ x.T).pow(2).sum() / b ** 2 + (y @ y.T).pow(2).sum() / n ** 2
             - 2 * (x @ y.T).pow(2).sum() / (b * n))

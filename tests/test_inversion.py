@@ -84,10 +84,11 @@ def test_cli_invert_writes_latents_and_a_grid(digits_source, tmp_path, capsys):
     assert main(["invert", str(digits_source), "--out", str(out)]) == 2  # never overwrites
 
 
-def test_covariance_distance_equals_the_frobenius_norm_of_the_covariance_difference():
+@pytest.mark.parametrize("d", [23, 61])  # 61 > 37 + 11 samples: the Gram form; 23: the d×d one
+def test_covariance_distance_equals_the_frobenius_norm_of_the_covariance_difference(d):
     g = torch.Generator().manual_seed(0)
-    x = torch.randn(37, 23, generator=g, dtype=torch.float64) * 2 + 1
-    y = torch.randn(11, 23, generator=g, dtype=torch.float64) @ torch.randn(23, 23, generator=g, dtype=torch.float64)
+    x = torch.randn(37, d, generator=g, dtype=torch.float64) * 2 + 1
+    y = torch.randn(11, d, generator=g, dtype=torch.float64) @ torch.randn(d, d, generator=g, dtype=torch.float64)
     x, y = x - x.mean(0), y - y.mean(0)
     direct = (torch.cov(x.T) - torch.cov(y.T)).pow(2).sum()
     torch.testing.assert_close(covariance_distance(x, y), direct, rtol=1e-12, atol=0)
