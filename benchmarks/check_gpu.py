@@ -117,7 +117,9 @@ def _bench_step(args, out, name, configs, variants=()):
 
 
 def step_bench(args, out):
-    return _bench_step(args, out, "bench", ["single-b64", "single-b256", "multi-n8"])
+    # --quick: one configuration (each bench child imports torch and fastmine anew: minutes on a busy CPU)
+    configs = ["single-b64"] if args.quick else ["single-b64", "single-b256", "multi-n8"]
+    return _bench_step(args, out, "bench", configs)
 
 
 def step_stylegan2(args, out):

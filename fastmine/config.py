@@ -118,8 +118,9 @@ class LossConfig:
     gp_every: int = 1                # lazy regularisation: penalty every k-th critic step, scaled by k
     r1_gamma: float = 10.0           # logistic: γ of R1 = γ/2·E‖∇_x D(x)‖² on real images (0: off)
     r1_every: int = 16               # lazy R1 (StyleGAN2 §B): every k-th critic step, scaled by k
-    reg_step: str = "separate"       # lazy penalty as its own optimizer step with lr·k/(k+1), betas^(k/(k+1))
-                                     # (StyleGAN2's Dreg phase) | joined (added to that step's loss, no correction)
+    reg_step: str = "joined"         # lazy penalty added to that step's loss, lr and betas as set (measured
+                                     # best on the demo, benchmarks/RESULTS.md) | separate (its own optimizer
+                                     # step, lr·k/(k+1), betas^(k/(k+1)): StyleGAN2's Dreg phase)
     clip: float = 0.01               # wgan_clip: critic weights clipped to [-clip, clip] after each step
     spectral_norm: bool = False      # spectral normalisation of the critic's weights (SNGAN)
 

@@ -49,8 +49,7 @@ def test_quick_run_on_the_cpu_goes_through_every_step(tmp_path):
     assert list(steps) == ["kernel_tests", "kernels", "bench", "stylegan2", "mining"]
     assert all(r["status"] == "ok" for r in steps.values())
     assert "tests collected" in steps["kernel_tests"]["summary"]
-    assert [(r["config"], r["variant"]) for r in steps["bench"]["rows"]] == [
-        ("single-b64", "default"), ("single-b256", "default"), ("multi-n8", "default")]
+    assert [(r["config"], r["variant"]) for r in steps["bench"]["rows"]] == [("single-b64", "default")]
     assert [r["variant"] for r in steps["stylegan2"]["rows"]] == ["default", "perf.amp=bf16"]
     assert steps["mining"]["updates"] >= 1 and steps["mining"]["updates_per_s"] > 0
     md = (tmp_path / "check_gpu.md").read_text()

@@ -113,7 +113,8 @@ def test_every_objective_trains_through_the_one_trainer(objective, one_thread):
 
 
 def test_lazy_r1_every_k_critic_steps_scaled_by_k(one_thread, monkeypatch):
-    run = _prepare(loss_cfg={"objective": "logistic", "r1_every": 4, "r1_gamma": 2.0}, steps=2, n_critic=5)
+    run = _prepare(loss_cfg={"objective": "logistic", "r1_every": 4, "r1_gamma": 2.0, "reg_step": "separate"},
+                   steps=2, n_critic=5)
     calls = []
     real_r1 = r1_penalty
 
@@ -124,7 +125,7 @@ def test_lazy_r1_every_k_critic_steps_scaled_by_k(one_thread, monkeypatch):
     monkeypatch.setattr("fastmine.trainer.r1_penalty", spy)
     run.fit()
     assert calls == [8.0] * 3  # critic steps 0, 4, 8 of 10; γ·k
-    c = 4 / 5  # Adam's lr and betas follow the lazy interval (StyleGAN2 §B)
+    c = 4 / 5  # separate reg steps: Adam's lr and betas follow the lazy interval (StyleGAN2 §B)
     assert run.trainer.opt_critic.param_groups[0]["betas"][1] == pytest.approx(0.999 ** c)  # MineGAN's 0.999
 
 
