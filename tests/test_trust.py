@@ -220,6 +220,7 @@ def test_a_checkpoint_that_reads_but_is_wrong_falls_back(work, capsys, damage, r
 CHILD = """
 import resource, sys
 import fastmine.cli
+import fastmine.apps.commands  # the CLI loads it (and torch) only to run a command: before the cap
 vm = int(next(l for l in open("/proc/self/status") if l.startswith("VmSize")).split()[1]) * 1024
 resource.setrlimit(resource.RLIMIT_AS, (vm + {cap}, vm + {cap}))  # what loading may add
 sys.exit(fastmine.cli.main({argv!r}))
