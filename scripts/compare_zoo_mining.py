@@ -19,7 +19,6 @@ same process.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
@@ -28,6 +27,7 @@ import torch
 import fastmine as fm
 from fastmine.samplers import GeneratorAdapter
 from fastmine.zoo import StyleGANCritic, make_source
+from fastmine_benchmarks.common import device_info, write_result
 
 STEPS, BATCH, N_TARGET, N_SAMPLES, SPREAD = 100, 16, 100, 200, 0.3
 FAMILIES = {  # family -> (generator kwargs, critic kwargs), all 16 px with widths 32 -> 16
@@ -90,9 +90,8 @@ def main():
         rows[family] = run(family, g_kwargs, d_kwargs)
         rows[family]["ratio_to_stylegan2"] = rows[family]["s_per_update"] / rows["stylegan2"]["s_per_update"]
         print(family, rows[family], flush=True)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"steps": STEPS, "batch": BATCH, "torch": torch.__version__, "rows": rows},
-                                   indent=1))
+    write_result(args.out, device=device_info("cpu", threads=1), config={"steps": STEPS, "batch": BATCH},
+                 results=[{"family": family, **row} for family, row in rows.items()])
 
 
 if __name__ == "__main__":
