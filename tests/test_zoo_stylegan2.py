@@ -188,11 +188,10 @@ def test_fp16_layers_compute_in_float32_off_cuda():
     assert x.dtype == torch.float32 and img.dtype == torch.float32
 
 
-def test_fp16_path_as_on_cuda(monkeypatch):
-    # The float16 layers run only on CUDA; stand in for it by letting them run in float16 on the CPU.
-    monkeypatch.setattr(stylegan2, "_compute_dtype", lambda use_fp16, force_fp32, like, base:
-                        torch.float16 if use_fp16 and not force_fp32 else base)
+def test_fp16_path_as_on_cuda():
+    # The float16 layers run on CUDA by default; perf.fp16_layers=on runs that path on the CPU.
     G, t = build("skip")
+    stylegan2.set_fp16_layers(G, "on")
     ref = t["img_psi1"]
     with torch.no_grad():
         x, _ = G.synthesis.b16(*G.synthesis.b8(*G.synthesis.b4(None, None, t["ws_psi1"][:, :2]),
