@@ -79,8 +79,8 @@ class LatentSpec(OrderedDict):
         return out
 
     def to_dict(self) -> dict:
-        return {name: {"shape": list(latent.shape), "prior": latent.prior, **({"sphere": True} if latent.sphere else {})}
-                for name, latent in self.items()}
+        return {name: {"shape": list(latent.shape), "prior": latent.prior,
+                       **({"sphere": True} if latent.sphere else {})} for name, latent in self.items()}
 
     @classmethod
     def from_dict(cls, d: Mapping) -> "LatentSpec":
