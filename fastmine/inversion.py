@@ -61,8 +61,14 @@ class Inversion:
                 f"(random latents: {self.baseline_error.mean():.4f}){feat}")
 
     def flat(self, spec: LatentSpec) -> torch.Tensor:
-        """The latents with a prior as one [N, d] matrix (what a miner is fitted to)."""
-        return torch.cat([self.latents[n].flatten(1) for n, lat in spec.items() if lat.prior != "none"], 1)
+        """The latents with a prior as one [N, d] matrix (what a miner is fitted to). A latent the
+        generator normalises (``sphere``) is put at radius sqrt(numel): the inversion's prior
+        penalty shrinks its free length (to ~1/3 of that on a 32-d ProGAN), and a miner fitted to
+        such short, tight latents lands far off their directions (issue #26)."""
+        def one(name, lat):
+            x = self.latents[name].flatten(1)
+            return x * (lat.numel ** 0.5 / x.norm(dim=1, keepdim=True).clamp_min(1e-12)) if lat.sphere else x
+        return torch.cat([one(n, lat) for n, lat in spec.items() if lat.prior != "none"], 1)
 
 
 def default_features(images: torch.Tensor, device):

@@ -17,10 +17,15 @@ class Latent:
 
     ``prior="none"`` marks an input with no distribution to draw from (e.g. a class
     embedding): a miner must produce it, it cannot be sampled.
+
+    ``sphere=True`` marks an input the generator normalises to its direction (ProGAN's pixel
+    norm of z): its length is free, so fitting to inverted latents puts them at the prior's
+    typical radius sqrt(numel) first (:meth:`fastmine.inversion.Inversion.flat`).
     """
 
     shape: tuple
     prior: str = "normal"
+    sphere: bool = False
 
     def __post_init__(self):
         shape = (self.shape,) if isinstance(self.shape, int) else tuple(int(s) for s in self.shape)
@@ -47,7 +52,8 @@ class LatentSpec(OrderedDict):
             elif isinstance(latent, int):
                 self[name] = Latent((latent,))
             elif isinstance(latent, Mapping):
-                self[name] = Latent(tuple(latent["shape"]), latent.get("prior", "normal"))
+                self[name] = Latent(tuple(latent["shape"]), latent.get("prior", "normal"),
+                                    bool(latent.get("sphere", False)))
             else:
                 shape, prior = latent
                 self[name] = Latent(shape, prior)
@@ -73,7 +79,8 @@ class LatentSpec(OrderedDict):
         return out
 
     def to_dict(self) -> dict:
-        return {name: {"shape": list(latent.shape), "prior": latent.prior} for name, latent in self.items()}
+        return {name: {"shape": list(latent.shape), "prior": latent.prior,
+                       **({"sphere": True} if latent.sphere else {})} for name, latent in self.items()}
 
     @classmethod
     def from_dict(cls, d: Mapping) -> "LatentSpec":

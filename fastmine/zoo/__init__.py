@@ -37,7 +37,7 @@ import torch
 from torch import nn
 
 from ..config import register_choices
-from ..latent import LatentSpec
+from ..latent import Latent, LatentSpec
 from . import pggan, stylegan1, stylegan2, stylegan3
 from .stylegan2 import FP16_LAYERS, set_fp16_layers  # noqa: F401 (set_fp16_layers: used by the trainer)
 
@@ -196,7 +196,7 @@ class ZSource(nn.Module):
 
     @property
     def latent_spec(self) -> LatentSpec:
-        return LatentSpec({"z": ((self.net.z_dim,), "normal")})
+        return LatentSpec({"z": Latent((self.net.z_dim,), "normal", sphere=self.net.normalises_z)})
 
     def forward(self, z=None, **latents):
         return self.net(latents["z"] if z is None else z)

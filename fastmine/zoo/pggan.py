@@ -94,6 +94,7 @@ class GNet(nn.Module):
             raise ValueError(f"generationActivation must be None or 'tanh', got {generationActivation!r}")
         self.z_dim, self.c_dim = int(dimLatent), 0
         self.normalization, self.leak = normalization, leakyReluLeak
+        self.normalises_z = bool(normalization)  # pixel norm of z first: only its direction counts
         self.generationActivation = generationActivation
         depths = [depthScale0, *depthOtherScales]
         self.img_resolution = 4 * 2 ** (len(depths) - 1)
@@ -165,6 +166,7 @@ class DCGANGNet(nn.Module):
         if generationActivation not in (None, "tanh"):
             raise ValueError(f"generationActivation must be None or 'tanh', got {generationActivation!r}")
         self.z_dim, self.c_dim, self.generationActivation = int(dimLatentVector), 0, generationActivation
+        self.normalises_z = False  # batch norm after the first layer, not a norm of z itself
         depth = dimModelG * 2 ** depthModel
         self.formatLayer = nn.ConvTranspose2d(dimLatentVector, depth, 4, 1, 0, bias=False)
         layers = [("batchNorm0", nn.BatchNorm2d(depth)), ("relu0", nn.ReLU())]
@@ -215,6 +217,7 @@ class PGGANGenerator(nn.Module):
         super().__init__()
         self.z_dim, self.c_dim, self.img_resolution = int(z_space_dim), 0, int(resolution)
         self.final_tanh = final_tanh
+        self.normalises_z = True  # pixel norm of z first: only its direction counts
         self.register_buffer("lod", torch.zeros(()))
         self.num_blocks = int(math.log2(resolution)) - 1
         for block in range(self.num_blocks):
