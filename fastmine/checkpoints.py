@@ -106,7 +106,46 @@ def _refused_global(path, name: str) -> ValueError:
         "allow_pickle=True (source.allow_pickle=true), which runs its code")
 
 
+# names a pickle gives a global by: GLOBAL "module name", or STACK_GLOBAL after two strings
+_STRINGS = ("SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "UNICODE", "SHORT_BINSTRING", "BINSTRING", "STRING")
+
+
+def _refuse_large_bytearrays(path: Path):
+    """torch.load(weights_only=True) allows ``bytearray(n)``, which allocates n bytes from a number
+    the file names: a checkpoint that calls it and names a number larger than itself is refused
+    before torch reads it (a real checkpoint's bytearrays hold their bytes)."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        if zipfile.is_zipfile(f):
+            with zipfile.ZipFile(f) as z:
+                streams = [io.BytesIO(z.read(n)) for n in z.namelist() if n.endswith("data.pkl")]
+            skip = 0
+        else:  # the legacy format: small pickles (magic number, protocol, system info), then the object
+            f.seek(0)
+            streams, skip = [io.BytesIO(f.read(min(size, 64 << 20)))], 3
+    for stream in streams:
+        strings, calls, largest = [], False, 0
+        try:
+            for _ in range(skip):
+                for _op in pickletools.genops(stream):
+                    pass
+            for opcode, arg, _pos in pickletools.genops(stream):
+                if opcode.name in _STRINGS:
+                    strings = [*strings[-1:], arg]
+                elif opcode.name == "GLOBAL" or opcode.name == "STACK_GLOBAL":
+                    name = arg.split(" ")[-1] if opcode.name == "GLOBAL" else (strings or [""])[-1]
+                    calls = calls or name == "bytearray"
+                elif isinstance(arg, int) and not isinstance(arg, bool) and opcode.name != "PROTO":
+                    largest = max(largest, arg)
+        except Exception:  # not a pickle torch reads either: torch.load says so
+            return
+        if calls and largest > size:
+            raise ValueError(f"{str(path)!r} asks for a bytearray of {largest} bytes, more than the file's size "
+                             f"({size}) allows; it is not a checkpoint fastmine reads")
+
+
 def _torch_load(path: Path):
+    _refuse_large_bytearrays(path)
     try:
         with torch.serialization.safe_globals(TORCH_SAFE_GLOBALS), warnings.catch_warnings():
             # the legacy format and storages of old files warn about TypedStorage: not the user's concern

@@ -257,11 +257,23 @@ def _set_pickle(path):
     path.write_bytes(pickle.dumps({"G": _TensorWithState()}, protocol=2))
 
 
+class _HugeBytearray:
+    def __reduce__(self):
+        return bytearray, (3 << 30,)
+
+
+def _torch_bytearray(path, zipped=True):  # a torch.save'd checkpoint whose weights_only pickle asks for 3 GiB
+    torch.save({"g_ema": {"w": torch.zeros(2)}, "x": _HugeBytearray()}, path.with_suffix(".pkl"),
+               _use_new_zipfile_serialization=zipped)
+
+
 @pytest.mark.parametrize("write,text", [
     (_bytearray_pickle, "asks for a bytearray of 3221225472 bytes, more than the file's size allows"),
     (_numpy_pickle, "asks for a numpy array of 4294967296 bytes"),
     (_set_pickle, "sets the state of a Tensor (pickle BUILD), which fastmine does not load"),
-], ids=["bytearray-3GiB", "numpy-4GiB", "build-on-tensor"])
+    (_torch_bytearray, "asks for a bytearray of 3221225472 bytes, more than the file's size"),
+    (lambda path: _torch_bytearray(path, zipped=False), "asks for a bytearray of 3221225472 bytes"),
+], ids=["bytearray-3GiB", "numpy-4GiB", "build-on-tensor", "torch-zip-bytearray", "torch-legacy-bytearray"])
 def test_a_network_pickle_cannot_allocate_or_repoint_memory(tmp_path, write, text):
     write(tmp_path / "evil.pkl")
     before = snapshot(tmp_path)
