@@ -36,14 +36,14 @@ import torch
 from safetensors import safe_open
 from torch import nn
 
-from . import checkpoints
+from . import checkpoints, zoo
 from .fusion import FusedSampler
 from .latent import LatentSpec
 from .miner import Miner
 from .multi import MultiSampler
 from .nets import build_critic, build_generator
 from .samplers import GeneratorAdapter, Sampler
-from .zoo import StyleGANCritic, StyleGANSource, family_of, rosinality, stylegan2
+from .zoo import StyleGANSource, family_of, rosinality, stylegan2
 
 FORMAT_VERSION = 1
 FACTORY_SPEC = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")  # package.module:function
@@ -229,6 +229,10 @@ def read_weights(path, role="generator", key=None) -> Weights:
     if path.suffix == ".safetensors":
         return Weights(*checkpoints.read_state_dict(path, key, role))
     obj = checkpoints.load_checkpoint(path)
+    for reader in zoo.READERS.values():
+        if reader.sniff(obj, path):
+            family, kwargs, state, where = reader.read(obj, path, role, key)
+            return Weights(state, where, family, kwargs)
     if _is_rosinality(obj):
         nets = rosinality.convert_checkpoint(obj, generator=key or "g_ema")
         name = "G" if role == "generator" else "D"
@@ -352,9 +356,10 @@ def load_generator(source, latent_spec=None, arch=None, call=None, allow_pickle=
     else:
         weights = read_weights(source, "generator", key)
         if weights.family is not None:
-            module = StyleGANSource(weights.family, weights.kwargs, **options)
+            module = zoo.build_source({"family": weights.family, "kwargs": weights.kwargs, **options})
             load_state(module.net, weights.state, f"generator ({weights.where})", source)
-            module.calibrate()
+            if isinstance(module, StyleGANSource):  # its standardised w
+                module.calibrate()
             build = {"arch": module.arch()}
         else:
             module, build = _module_for(arch, factory_kwargs, weights.state, source, weights.where)
@@ -432,7 +437,7 @@ def load_critic(source, arch=None, allow_pickle=False, trust_code=False, key=Non
     else:
         weights = read_weights(source, "critic", key)
         if weights.family is not None:
-            critic = StyleGANCritic(weights.family, weights.kwargs)
+            critic = zoo.build_critic({"family": weights.family, "kwargs": weights.kwargs})
             load_state(critic.net, weights.state, f"critic ({weights.where})", source)
             return critic
         state, where = weights.state, weights.where
@@ -450,7 +455,7 @@ def critic_build_of(path, critic: nn.Module | None = None) -> dict | None:
     info = read_info(path)
     if info and "critic" in info:
         return info["critic"]["build"]
-    return {"arch": critic.arch()} if isinstance(critic, StyleGANCritic) else None
+    return {"arch": critic.arch()} if isinstance(critic, (zoo.StyleGANCritic, zoo.ZooCritic)) else None
 
 
 def _generator_part(g: dict, tensors, prefix, path, generator, trust_code, what="generator") -> GeneratorAdapter:

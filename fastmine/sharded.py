@@ -40,9 +40,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from . import distributed, files
+from . import distributed, files, zoo
 from .samplers import GeneratorAdapter
-from .zoo import StyleGANSource
 
 
 # --------------------------------------------------------------------------- the recipe
@@ -62,11 +61,11 @@ def _recipe(source, src_cfg) -> tuple:
         build, latent_spec = files.stored_generator(info, options)
         return build, latent_spec, files.LazyTensors(source, "generator"), None, False
     weights = files.read_weights(source, "generator", getattr(src_cfg, "key", None))
-    if weights.family is not None:  # a StyleGAN network: its weights live under .net, w_std is measured
+    if weights.family is not None:  # a zoo network: its weights live under .net; a StyleGAN's w_std is measured
         with torch.device("meta"):  # only to validate the options and write its arch dict
-            arch = StyleGANSource(weights.family, weights.kwargs, **options).arch()
+            arch = zoo.build_source({"family": weights.family, "kwargs": weights.kwargs, **options}).arch()
         state = {f"net.{k}": v for k, v in weights.state.items()}
-        return {"arch": arch}, None, None, state, True
+        return {"arch": arch}, None, None, state, weights.family in zoo.STYLEGAN_FAMILIES
     arch = getattr(src_cfg, "arch", None)
     if arch is None or isinstance(arch, nn.Module):
         raise ValueError(f"{str(source)!r} is a plain state dict: dist.shard builds the generator from a "

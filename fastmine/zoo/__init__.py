@@ -31,10 +31,15 @@ import torch
 from torch import nn
 
 from ..latent import LatentSpec
-from . import stylegan2, stylegan3
+from . import studiogan, stylegan2, stylegan3
 
-GENERATORS = {"stylegan2": stylegan2.Generator, "stylegan3": stylegan3.Generator}
-DISCRIMINATORS = {"stylegan2": stylegan2.Discriminator, "stylegan3": stylegan2.Discriminator}
+GENERATORS = {"stylegan2": stylegan2.Generator, "stylegan3": stylegan3.Generator,
+              "studiogan": studiogan.Generator}
+DISCRIMINATORS = {"stylegan2": stylegan2.Discriminator, "stylegan3": stylegan2.Discriminator,
+                  "studiogan": studiogan.Discriminator}
+STYLEGAN_FAMILIES = ("stylegan2", "stylegan3")  # built as StyleGANSource; the others as ZooSource
+# the checkpoint formats of the zoo: files.read_weights asks each, in order, whether it reads a file
+READERS = {"studiogan": studiogan}
 LATENTS = ("z", "w", "w+")
 NOISE_MODES = ("const", "random", "none")
 W_STATS_SAMPLES = 10_000  # mapping samples behind w_std: its relative standard error is ~1/sqrt(2n) = 0.7 %
@@ -188,11 +193,62 @@ class StyleGANCritic(nn.Module):
         return self.net(x, c).squeeze(1)
 
 
-def build_source(arch: dict) -> StyleGANSource:
-    """The :class:`StyleGANSource` an arch dict describes (weights still to be loaded)."""
+class ZooSource(nn.Module):
+    """A zoo generator whose only latent is z ~ N(0, I), plus, when it is class-conditional, a class
+    vector ``c`` over its classes with no prior, mined by a miner head (MineGAN++ §4.1's M^c): the
+    networks use the label linearly (an embedding, or one-hot affine inputs), so a one-hot c is the
+    label and any point between classes is a valid input. The network declares ``z_dim`` and
+    ``c_dim`` (0: unconditional) and is called ``net(z, c)``."""
+
+    def __init__(self, family: str, kwargs: dict, **options):
+        super().__init__()
+        if options:
+            raise ValueError(f"{', '.join(options)} choose how a StyleGAN2/3 source is mined; a {family} generator "
+                             "takes z (and a class vector c): leave source.latent, truncation and noise unset")
+        self.net = _check_family(family, GENERATORS)(**kwargs)
+        self.family, self.kwargs = family, dict(kwargs)
+
+    def arch(self) -> dict:
+        return {"family": self.family, "kwargs": self.kwargs}
+
+    @property
+    def latent_spec(self) -> LatentSpec:
+        spec = {"z": ((self.net.z_dim,), "normal")}
+        if self.net.c_dim:
+            spec["c"] = ((self.net.c_dim,), "none")
+        return LatentSpec(spec)
+
+    def forward(self, *args, **latents):
+        if args:
+            (latents["z"],) = args
+        return self.net(latents["z"], latents.get("c"))
+
+
+class ZooCritic(nn.Module):
+    """A zoo discriminator as a fastmine critic, ``net(x, c)`` -> one score per image; a conditional
+    one scores against the class vector ``c`` (a buffer; default the mean of the one-hot classes)."""
+
+    def __init__(self, family: str, kwargs: dict):
+        super().__init__()
+        self.net = _check_family(family, DISCRIMINATORS)(**kwargs)
+        self.family, self.kwargs = family, dict(kwargs)
+        c_dim = self.net.c_dim
+        self.register_buffer("c", torch.full((c_dim,), 1.0 / c_dim) if c_dim else torch.zeros(0))
+
+    def arch(self) -> dict:
+        return {"family": self.family, "kwargs": self.kwargs}
+
+    def forward(self, x):
+        return self.net(x, self.c.expand(x.shape[0], -1) if self.net.c_dim else None)
+
+
+def build_source(arch: dict) -> StyleGANSource | ZooSource:
+    """The source an arch dict describes (weights still to be loaded)."""
     arch = dict(arch)
-    return StyleGANSource(arch.pop("family"), arch.pop("kwargs"), **arch)
+    family, kwargs = arch.pop("family"), arch.pop("kwargs")
+    return (StyleGANSource if family in STYLEGAN_FAMILIES else ZooSource)(family, kwargs, **arch)
 
 
-def build_critic(arch: dict) -> StyleGANCritic:
-    return StyleGANCritic(arch["family"], arch["kwargs"])
+def build_critic(arch: dict) -> StyleGANCritic | ZooCritic:
+    family = arch["family"]
+    return (StyleGANCritic if family in STYLEGAN_FAMILIES else ZooCritic)(family, arch["kwargs"])
