@@ -31,15 +31,15 @@ import torch
 from torch import nn
 
 from ..latent import LatentSpec
-from . import studiogan, stylegan2, stylegan3
+from . import mimicry, studiogan, stylegan2, stylegan3
 
 GENERATORS = {"stylegan2": stylegan2.Generator, "stylegan3": stylegan3.Generator,
-              "studiogan": studiogan.Generator}
+              "studiogan": studiogan.Generator, "mimicry": mimicry.Generator}
 DISCRIMINATORS = {"stylegan2": stylegan2.Discriminator, "stylegan3": stylegan2.Discriminator,
-                  "studiogan": studiogan.Discriminator}
+                  "studiogan": studiogan.Discriminator, "mimicry": mimicry.Discriminator}
 STYLEGAN_FAMILIES = ("stylegan2", "stylegan3")  # built as StyleGANSource; the others as ZooSource
 # the checkpoint formats of the zoo: files.read_weights asks each, in order, whether it reads a file
-READERS = {"studiogan": studiogan}
+READERS = {"studiogan": studiogan, "mimicry": mimicry}
 LATENTS = ("z", "w", "w+")
 NOISE_MODES = ("const", "random", "none")
 W_STATS_SAMPLES = 10_000  # mapping samples behind w_std: its relative standard error is ~1/sqrt(2n) = 0.7 %
