@@ -89,8 +89,7 @@ def _linear(sn, cin, cout, bias=True):
 
 def _embedding_matrix(embedding: nn.Module) -> torch.Tensor:
     """The (spectrally normalised) embedding table, through the module's forward so its hook runs."""
-    return embedding(torch.arange(embedding.num_embeddings, device=embedding.weight_orig.device
-                                  if hasattr(embedding, "weight_orig") else embedding.weight.device))
+    return embedding(torch.arange(embedding.num_embeddings, device=next(embedding.parameters()).device))
 
 
 class ConditionalBatchNorm2d(nn.Module):
@@ -185,13 +184,11 @@ class Generator(nn.Module):
         sn = apply_g_sn
         if backbone == "deep_conv":
             ins, outs = DCGAN_G
-            self.bottom = 4
         else:
             _check("img_size", img_size, tuple(G_IN))
             ins = [g_conv_dim * m for m in G_IN[img_size]]
             outs = [g_conv_dim * m for m in G_OUT[img_size]]
-            self.bottom = 4
-        self.in_dims = ins
+        self.in_dims, self.bottom = ins, 4  # every backbone starts at 4x4
         linear_in, affine_dim = z_dim, self.c_dim
         if backbone == "big_resnet":
             if z_dim % (len(ins) + 1):
