@@ -115,6 +115,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=100)
     ap.add_argument("--seeds", type=int, default=2)
+    ap.add_argument("--init", default=None, help="miner.init for the mined families (default: fastmine's)")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     rows = []
@@ -124,7 +125,7 @@ def main(argv=None):
         rows.append(reference)
         print(json.dumps(reference), flush=True)
         for label, (family, g, d) in FAMILIES.items():
-            row = one(label, family, g, d, seed, args.steps)
+            row = one(label, family, g, d, seed, args.steps, {"init": args.init} if args.init else None)
             row["per_update_vs_stylegan2"] = row["s_per_update"] / reference["s_per_update"]
             rows.append(row)
             print(json.dumps(row), flush=True)
