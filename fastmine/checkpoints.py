@@ -165,6 +165,11 @@ def load_checkpoint(path) -> object:
     path = Path(path)
     with open(path, "rb") as f:
         head = f.read(len(TORCH_LEGACY_MAGIC))
+    if zipfile.is_zipfile(path) and _is_npz(path):
+        raise ValueError(f"{str(path)} is a NumPy .npz archive (Chainer or TensorFlow weights, such as the Chainer "
+                         "SNGAN models of pfnet-research that Mimicry compares with), not a PyTorch checkpoint: load "
+                         "it in its own framework and save the tensors with torch.save or safetensors, or use the "
+                         "model's PyTorch release")
     if zipfile.is_zipfile(path) or head.startswith(TORCH_LEGACY_MAGIC) or not head.startswith(b"\x80"):
         return _torch_load(path)
     # a plain pickle (pickle.dump): a network snapshot, or tensors pickled without torch.save
@@ -174,6 +179,13 @@ def load_checkpoint(path) -> object:
     if isinstance(obj, dict):
         return {k: record_state_dict(v) if isinstance(v, PersistentRecord) else v for k, v in obj.items()}
     return obj
+
+
+def _is_npz(path: Path) -> bool:
+    """numpy.savez's archive: every member an .npy array (a torch zip holds data.pkl under a folder)."""
+    with zipfile.ZipFile(path) as z:
+        names = z.namelist()
+    return bool(names) and all(n.endswith(".npy") for n in names)
 
 
 def _is_state_dict(obj) -> bool:

@@ -1,6 +1,7 @@
 """Pretrained generator families fastmine builds itself: StyleGAN2(-ADA), StyleGAN3 and the zoo's
 families (:data:`READERS`: Progressive GAN and pytorch_GAN_zoo's DCGAN in :mod:`.pggan`, StyleGAN v1
-in :mod:`.stylegan1`).
+in :mod:`.stylegan1`, PyTorch-StudioGAN's DCGAN/SNGAN/SAGAN/BigGAN/ContraGAN/ReACGAN in :mod:`.studiogan`,
+Mimicry's SNGAN/SSGAN/cGAN-PD/InfoMax-GAN in :mod:`.mimicry`).
 
 Each zoo family is one module holding its networks and a reader: ``sniff(obj, path)`` says whether
 a loaded checkpoint object is one of its files, ``read(obj, path, role, key)`` gives (family,
@@ -38,18 +39,19 @@ from torch import nn
 
 from ..config import register_choices
 from ..latent import Latent, LatentSpec
-from . import pggan, stylegan1, stylegan2, stylegan3
+from . import mimicry, pggan, studiogan, stylegan1, stylegan2, stylegan3
 from .stylegan2 import FP16_LAYERS, set_fp16_layers  # noqa: F401 (set_fp16_layers: used by the trainer)
 
 # the zoo's readers, tried in order on a loaded checkpoint by files.read_weights
-READERS = {"pggan": pggan, "stylegan1": stylegan1}
+READERS = {"pggan": pggan, "stylegan1": stylegan1, "studiogan": studiogan, "mimicry": mimicry}
 GENERATORS = {"stylegan2": stylegan2.Generator, "stylegan3": stylegan3.Generator, **stylegan1.GENERATORS}
-# critics that take images alone (no class input)
+# critics that take images alone (no class input); their first output is the score
 ZOO_CRITICS = (*pggan.DISCRIMINATORS, *stylegan1.DISCRIMINATORS)
-# generators fed z alone (ZSource): no mapping network whose w could be mined instead
-Z_GENERATORS = {**pggan.GENERATORS}
+# generators fed z (and a class vector c when conditional) by ZSource: no mapping network whose w could be mined
+Z_GENERATORS = {**pggan.GENERATORS, "studiogan": studiogan.Generator, "mimicry": mimicry.Generator}
 DISCRIMINATORS = {"stylegan2": stylegan2.Discriminator, "stylegan3": stylegan2.Discriminator,
-                  **pggan.DISCRIMINATORS, **stylegan1.DISCRIMINATORS}
+                  **pggan.DISCRIMINATORS, **stylegan1.DISCRIMINATORS,
+                  "studiogan": studiogan.Discriminator, "mimicry": mimicry.Discriminator}
 LATENTS = register_choices("source.latent", ("z", "w", "w+"), optional=True)
 NOISE_MODES = register_choices("source.noise_mode", ("const", "random", "none"), optional=True)
 register_choices("perf.fp16_layers", FP16_LAYERS)
@@ -178,32 +180,47 @@ class StyleGANSource(nn.Module):
 
 
 class ZSource(nn.Module):
-    """A zoo generator fed z ~ N(0, I) alone (ProGAN, ...): ``net(z)`` -> images."""
+    """A zoo generator fed z ~ N(0, I) (ProGAN, DCGAN, StudioGAN, Mimicry): ``net(z)`` -> images.
+
+    A class-conditional network (one declaring ``c_dim`` > 0) also takes a class vector ``c`` over
+    its classes with no prior, mined by a miner head (MineGAN++ §4.1's M^c) and fed as
+    ``net(z, c)``: the networks use the label linearly (an embedding, or one-hot affine inputs),
+    so a one-hot c is the label and any point between classes is a valid input.
+    """
 
     needs_calibration = False
 
     def __init__(self, family: str, kwargs: dict, latent: str = "z", **options):
         super().__init__()
-        if latent != "z" or options:
-            chosen = ", ".join([*(["latent"] if latent != "z" else []), *options])
-            raise ValueError(f"a {family} generator is mined in z only: leave {chosen} unset (source.latent, "
-                             "truncation and noise settings choose how a StyleGAN source is mined)")
         self.net = _check_family(family, Z_GENERATORS)(**kwargs)
         self.family, self.kwargs, self.latent = family, dict(kwargs), latent
+        self.c_dim = getattr(self.net, "c_dim", 0)
+        if latent != "z" or options:
+            chosen = ", ".join([*(["latent"] if latent != "z" else []), *options])
+            spaces = "z and its class vector c" if self.c_dim else "z only"
+            raise ValueError(f"a {family} generator is mined in {spaces}: leave {chosen} unset (source.latent, "
+                             "truncation and noise settings choose how a StyleGAN source is mined)")
 
     def arch(self) -> dict:
         return {"family": self.family, "kwargs": self.kwargs, "latent": self.latent}
 
     @property
     def latent_spec(self) -> LatentSpec:
-        return LatentSpec({"z": Latent((self.net.z_dim,), "normal", sphere=self.net.normalises_z)})
+        # a net that pixel-normalises z (ProGAN) says so; the others (StudioGAN, Mimicry) take z as drawn
+        spec = {"z": Latent((self.net.z_dim,), "normal", sphere=getattr(self.net, "normalises_z", False))}
+        if self.c_dim:
+            spec["c"] = ((self.c_dim,), "none")
+        return LatentSpec(spec)
 
-    def forward(self, z=None, **latents):
-        return self.net(latents["z"] if z is None else z)
+    def forward(self, *args, **latents):
+        """Latents by name (``z``, and ``c`` when conditional), or z alone positionally."""
+        if args:
+            (latents["z"],) = args
+        return self.net(latents["z"], latents["c"]) if self.c_dim else self.net(latents["z"])
 
 
 class StyleGANCritic(nn.Module):
-    """A StyleGAN2 discriminator as a fastmine critic: images -> one score per image.
+    """A StyleGAN2 or zoo discriminator as a fastmine critic: images -> one score per image.
 
     A conditional discriminator scores every image against the class vector ``c`` (a buffer;
     default the mean of the one-hot classes, i.e. no class preferred).
@@ -231,10 +248,10 @@ class StyleGANCritic(nn.Module):
         return {"family": self.family, "kwargs": self.kwargs}
 
     def forward(self, x):
-        if self.family in ZOO_CRITICS:  # the zoo's critics take images alone; their first output is the score
+        if self.family in ZOO_CRITICS:  # these critics take images alone; their first output is the score
             return self.net(x)[:, 0]
-        c = self.c.expand(x.shape[0], -1) if self.net.c_dim else None
-        return self.net(x, c).squeeze(1)
+        c = self.c.expand(x.shape[0], -1) if self.c.numel() else None
+        return self.net(x, c).reshape(x.shape[0])  # StyleGAN2's [N, 1], StudioGAN's and Mimicry's [N]
 
 
 def make_source(family: str, kwargs: dict, **options) -> nn.Module:
