@@ -15,8 +15,10 @@ from safetensors.torch import load_file
 from fastmine.cli import main
 from fastmine.runfolder import RunLock
 
-TINY = ["data.limit=64", "train.batch_size=8", "model.width=8", "model.latent_dim=8", "log.progress=false",
-        "log.sample_every=1000", "device=cpu", *QUICK_INVERSION_ARGS]
+# perf.threads=1 in every run: the child killed by a signal and the in-process runs must reduce alike
+# (by default a run takes every CPU it may use, and OMP_NUM_THREADS is not set here)
+TINY = ["perf.threads=1", "data.limit=64", "train.batch_size=8", "model.width=8", "model.latent_dim=8",
+        "log.progress=false", "log.sample_every=1000", "device=cpu", *QUICK_INVERSION_ARGS]
 
 
 def _pretrain(tmp_path, *extra):
