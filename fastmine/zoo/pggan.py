@@ -243,6 +243,17 @@ class PGGANGenerator(nn.Module):
         return torch.tanh(image) if self.final_tanh else image
 
 
+def genforce_head(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The last block of a genforce discriminator, ProGAN's and StyleGAN v1's alike: minibatch std,
+    a 3x3 conv and two dense layers, named layer{2L}, layer{2L+1}, layer{2L+2} for L blocks."""
+    last = net.num_blocks - 1
+    if net.minibatch_std_group_size > 1:
+        x = genforce_mbstd(x, net.minibatch_std_group_size)
+    x = F.leaky_relu(getattr(net, f"layer{2 * last}").conv(x, 1), LEAK)
+    x = F.leaky_relu(getattr(net, f"layer{2 * last + 1}").dense(x), LEAK)
+    return getattr(net, f"layer{2 * last + 2}").dense(x)
+
+
 def genforce_mbstd(x: torch.Tensor, group_size: int) -> torch.Tensor:
     """genforce's (TF's) minibatch std: groups of min(G, N) strided across the batch, biased
     variance, one feature."""
@@ -280,12 +291,7 @@ class PGGANDiscriminator(nn.Module):
         for block in range(self.num_blocks - 1):
             x = F.leaky_relu(getattr(self, f"layer{2 * block}").conv(x, 1), LEAK)
             x = F.avg_pool2d(F.leaky_relu(getattr(self, f"layer{2 * block + 1}").conv(x, 1), LEAK), 2)
-        last = self.num_blocks - 1
-        if self.minibatch_std_group_size > 1:
-            x = genforce_mbstd(x, self.minibatch_std_group_size)
-        x = F.leaky_relu(getattr(self, f"layer{2 * last}").conv(x, 1), LEAK)
-        x = F.leaky_relu(getattr(self, f"layer{2 * last + 1}").dense(x), LEAK)
-        return getattr(self, f"layer{2 * last + 2}").dense(x)
+        return genforce_head(self, x)
 
 
 # --------------------------------------------------------------------------- reading

@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .pggan import LEAK, WScaled, fmaps_for, genforce_mbstd, pixel_norm
+from .pggan import LEAK, WScaled, fmaps_for, genforce_head, pixel_norm
 from .stylegan2 import truncate
 
 NOISE_MODES = ("const", "random", "none")
@@ -237,12 +237,7 @@ class Discriminator(nn.Module):
             else:
                 x = F.avg_pool2d(F.conv2d(x, weight, down.bias, padding=1), 2)
             x = F.leaky_relu(x, LEAK)
-        last = self.num_blocks - 1
-        if self.minibatch_std_group_size > 1:
-            x = genforce_mbstd(x, self.minibatch_std_group_size)
-        x = F.leaky_relu(getattr(self, f"layer{2 * last}").conv(x, 1), LEAK)
-        x = F.leaky_relu(getattr(self, f"layer{2 * last + 1}").dense(x), LEAK)
-        return getattr(self, f"layer{2 * last + 2}").dense(x)
+        return genforce_head(self, x)
 
 
 # --------------------------------------------------------------------------- reading
